@@ -5,14 +5,15 @@ engine with read-only hooks, and written back in the caller's order. All rows ar
 right-aligned to the longest sequence (left padding), so position -1 is every row's last
 real token, and `attention_mask` says which positions are real.
 
-The on-disk store writes one `.npy` file per site with `numpy.lib.format.open_memmap`:
-unlike safetensors, a .npy memmap can be filled batch by batch, so a dataset whose
-activations exceed RAM is captured with only one batch resident at a time.
+The on-disk store writes one `.npy` file per site, filled batch by batch with plain file
+writes (safetensors cannot be appended to), and reads it back memory-mapped, so a dataset
+whose activations exceed RAM is captured with only one batch resident at a time.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,14 +92,52 @@ class Activations:
             mask = d.pop("__mask__")
             return cls({Site.parse(k): v for k, v in d.items()}, mask, meta.pop("positions"), None, meta)
         mask = torch.from_numpy(np.load(p / "attention_mask.npy"))
-        tensors = {Site.parse(f.stem): torch.from_numpy(np.load(f, mmap_mode="r"))
-                   for f in sorted(p.glob("L*.npy"))}
+        with warnings.catch_warnings():  # read-only memmaps: torch warns that they are not writable
+            warnings.simplefilter("ignore", UserWarning)
+            tensors = {Site.parse(f.stem): torch.from_numpy(np.load(f, mmap_mode="r"))
+                       for f in sorted(p.glob("L*.npy"))}
         return cls(tensors, mask, meta.pop("positions"), str(p), meta)
 
 
+class _NpyWriter:
+    """Fills a `.npy` file row by row with plain file writes.
+
+    A writable memmap would keep every page it touched resident (and counted in RSS) until
+    the OS writes it back; seek+write keeps only the current batch in memory.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()  # header + zeros
+        with open(path, "rb") as f:
+            np.lib.format.read_magic(f)
+            np.lib.format.read_array_header_1_0(f)
+            self.offset = f.tell()
+        self.shape = shape
+        self.row_bytes = int(np.prod(shape[1:])) * 4
+        self.f = open(path, "r+b")
+
+    def write_rows(self, rows: list[int], x: Tensor, p: int, right_align: bool, pattern: bool) -> None:
+        P = self.shape[-1] if pattern else (self.shape[1] if right_align else None)
+        for j, i in enumerate(rows):
+            if pattern:  # `head q k`: pad each head's square into the bottom-right corner
+                full = np.zeros(self.shape[1:], dtype=np.float32)
+                full[:, P - p:, P - p:] = x[j].numpy()
+                self.f.seek(self.offset + i * self.row_bytes)
+                self.f.write(full.tobytes())
+            elif right_align:  # rows are `pos ...`, contiguous: real positions sit at the end
+                inner = int(np.prod(self.shape[2:])) * 4
+                self.f.seek(self.offset + i * self.row_bytes + (P - p) * inner)
+                self.f.write(x[j].contiguous().numpy().tobytes())
+            else:
+                self.f.seek(self.offset + i * self.row_bytes)
+                self.f.write(x[j].contiguous().numpy().tobytes())
+
+    def close(self) -> None:
+        self.f.close()
+
+
 def _select(x: Tensor, site: Site, positions) -> Tensor:
-    if site.head is not None:
-        x = x[:, :, site.head] if site.component == "z" else x[:, site.head]
+    # Head selection already happened in `subject.run(cache=...)`; only positions remain.
     if positions is not None and site.component != "pattern":
         x = x[:, positions]
     return x
@@ -143,20 +182,21 @@ def capture(subject, inputs: Any, sites: Sequence[Site] | Site, *, positions=Non
             x = _select(cache[s], s, positions).float()
             if s not in outs:
                 shape = out_shape(s, x)
-                outs[s] = (np.lib.format.open_memmap(root / f"{s}.npy", mode="w+", dtype=np.float32, shape=shape)
-                           if root is not None else torch.zeros(shape))
-            rows = idx.numpy() if root is not None else idx
+                outs[s] = _NpyWriter(root / f"{s}.npy", shape) if root is not None else torch.zeros(shape)
             dst = outs[s]
-            if s.component == "pattern":
-                dst[rows, :, P - p:, P - p:] = x.numpy() if root is not None else x
+            if isinstance(dst, _NpyWriter):
+                dst.write_rows(idx.tolist(), x, p, s.component == "pattern" or positions is None,
+                               s.component == "pattern")
+            elif s.component == "pattern":
+                dst[idx, :, P - p:, P - p:] = x
             elif positions is None:
-                dst[rows, P - p:] = x.numpy() if root is not None else x
+                dst[idx, P - p:] = x
             else:
-                dst[rows] = x.numpy() if root is not None else x
+                dst[idx] = x
     if root is not None:
         np.save(root / "attention_mask.npy", toks.attention_mask.cpu().numpy())
         (root / "meta.json").write_text(json.dumps({"positions": positions, "subject": subject.name}))
-        for a in outs.values():
-            a.flush()
+        for w in outs.values():
+            w.close()
         return Activations.load(root)
     return Activations(outs, toks.attention_mask.cpu(), positions, None, {"subject": subject.name})
