@@ -145,7 +145,7 @@ def load_spec(file: str | Path, *, step_kinds: dict, eval_kinds: dict) -> Spec:
             if cfg["subject"] not in subjects:
                 raise PipelineError(f"{file.name}: {path}.subject: expected one of {sorted(subjects)}, "
                                     f"got {cfg['subject']!r}")
-            for key, f in kinds[kind].schema.items():
+            for key in kinds[kind].schema:
                 if key.startswith("dataset") and cfg.get(key) is not None and cfg[key] not in datasets:
                     raise PipelineError(f"{file.name}: {path}.{key}: no dataset named {cfg[key]!r}; "
                                         f"defined: {sorted(datasets)}")
