@@ -13,6 +13,18 @@ Edits stack on a subject and revert in reverse order. Two kinds share the protoc
 `edit.save(dir)` stores only what defines the edit (JSON config + safetensors tensors) and the
 identity of the model it was made for; `Edit.load(dir)` rebuilds it. Nothing here ever writes a
 checkpoint on disk: edits live in memory until the user saves a model themselves.
+
+Contract for every registered edit (checked by tests/edits/test_conformance.py, which imports
+every `edits.*` module and parametrizes over `REGISTRY`):
+
+- a frozen dataclass with `method` set and a `model_id` field, decorated with `@register`;
+- `classmethod example(subject) -> Edit`: a small valid instance made *for* `subject` (model_id
+  = `subject.identity()`), whose effect on the logits of a tiny random model is visible (> 1e-4);
+  the table builds each edit this way, so a new edit joins the table by defining it;
+- applying it to a model of another identity, or (model_id cleared) of other shapes, raises
+  ValueError from `apply` (override `check_compatible` for shape checks beyond what `changes`
+  and intervention sites catch);
+- `edit.save(dir)` then `Edit.load(dir)` gives an equal edit with identical outputs.
 """
 
 from __future__ import annotations
@@ -98,6 +110,12 @@ class Edit:
 
     def _apply(self, subject):  # returns an undo callable
         raise NotImplementedError
+
+    @classmethod
+    def example(cls, subject) -> Edit:
+        """A small valid instance for `subject` (the conformance table builds every edit this way)."""
+        raise NotImplementedError(f"{cls.__name__}.example(subject) is missing: every registered edit provides "
+                                  "one (see the contract at the top of edits/base.py)")
 
     def check_compatible(self, subject) -> None:
         mid = getattr(self, "model_id", None)
@@ -204,8 +222,15 @@ class WeightEdit(Edit):
         try:
             with torch.no_grad():
                 for name, index, new in self.changes(subject):
+                    if name not in subject.params:
+                        raise ValueError(f"{self.method}: {subject.name!r} has no parameter {name!r}; this edit "
+                                         "was made for another model")
                     p = subject.params[name].data
-                    old = p[index].clone()
+                    try:
+                        old = p[index].clone()
+                    except IndexError as e:
+                        raise ValueError(f"{self.method}: index out of range for {name} of shape "
+                                         f"{tuple(p.shape)}; this edit was made for another model") from e
                     if old.shape != new.shape:
                         raise ValueError(f"{self.method}: new values for {name}[{index}] have shape "
                                          f"{tuple(new.shape)}, the parameter slice has {tuple(old.shape)}")
@@ -238,6 +263,7 @@ class ActivationEdit(Edit):
         ivs = self.interventions(subject)
         for iv in ivs:
             subject.check_site(iv.site)
+            _check_width(self.method, subject, iv)
         n = len(subject._stack)
         subject._stack.extend(ivs)
 
@@ -246,3 +272,15 @@ class ActivationEdit(Edit):
             del subject._stack[n:n + len(ivs)]
 
         return undo
+
+
+def _check_width(method: str, subject, iv: Intervention) -> None:
+    """Refuse (at apply time) a vector whose last axis does not match the site's width."""
+    a = subject.arch
+    width = {"resid_pre": a.d_model, "resid_mid": a.d_model, "resid_post": a.d_model, "attn_out": a.d_model,
+             "mlp_out": a.d_model, "z": a.d_head, "mlp_post": a.d_mlp, "router_logits": a.n_experts}.get(iv.site.component)
+    for f in ("vector", "direction", "values", "mean"):
+        t = getattr(iv, f, None)
+        if width is not None and isinstance(t, Tensor) and t.ndim >= 1 and t.shape[-1] not in (1, width):
+            raise ValueError(f"{method}: {type(iv).__name__}.{f} at {iv.site} has last axis {t.shape[-1]}, but "
+                             f"{subject.name!r} has width {width} there; this edit was made for another model")
