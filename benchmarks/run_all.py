@@ -38,7 +38,7 @@ def main() -> None:
         print(pd.DataFrame(got).to_string(index=False), flush=True)
     cols = ["bench", "model", "baseline", "workbench", "ratio", "target", "met"]
     df = pd.DataFrame(rows)
-    print("\n== all benchmarks ({:.0f} s) ==".format(time.perf_counter() - t0))
+    print(f"\n== all benchmarks ({time.perf_counter() - t0:.0f} s) ==")
     print(df[[c for c in cols if c in df]].to_string(index=False))
     out = Path(__file__).parent / "results.json"
     out.write_text(json.dumps(rows, indent=1, default=str))
