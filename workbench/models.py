@@ -38,8 +38,28 @@ def _hub_like(model: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(model).exists()
 
 
+def _load_tokenizer(where: str):
+    """The checkpoint's tokenizer, verbatim.
+
+    transformers 5's AutoTokenizer picks the class from the *model type* when the saved
+    class is the generic fast backend, and e.g. Qwen2Tokenizer then rebuilds its own BPE
+    pre-tokenizer over our WordLevel vocab ("the apple" became 2 ids). A generic
+    tokenizer.json is loaded as exactly what was saved.
+    """
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg = Path(where) / "tokenizer_config.json"
+    if cfg.exists() and (Path(where) / "tokenizer.json").exists():
+        cls = json.loads(cfg.read_text()).get("tokenizer_class")
+        if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return PreTrainedTokenizerFast.from_pretrained(where)
+    return AutoTokenizer.from_pretrained(where)
+
+
 def _hf_load(model: str, *, dtype, device, trust_pickle: bool, adapter: str | None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation="eager",
                                               use_safetensors=None if trust_pickle else True)
@@ -51,7 +71,7 @@ def _hf_load(model: str, *, dtype, device, trust_pickle: bool, adapter: str | No
         # Merge, so the tuned Subject is a plain model of the base architecture (a ModelPair needs that).
         hf = PeftModel.from_pretrained(hf, adapter).merge_and_unload()
     hf = hf.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(adapter if adapter and (Path(adapter) / "tokenizer.json").exists() else model)
+    tok = _load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer.json").exists() else model)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

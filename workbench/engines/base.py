@@ -17,6 +17,12 @@ from torch import Tensor
 from workbench.arch import Arch
 from workbench.sites import Site
 
+# HF MoE blocks route from the router's *other* outputs (top-k weights and indices) and drop
+# the logits they return, so writing the logits changes nothing, on either engine.
+ROUTER_READ_ONLY = ("{site}: router_logits are read-only; the MoE block routes from its own top-k, "
+                    "not from the returned logits, so a write would change nothing. Change routing with an "
+                    "expert edit (router weights) instead")
+
 HookFn = Callable[[Tensor], Tensor | None]
 Hooks = Sequence[tuple[Site, HookFn]]
 

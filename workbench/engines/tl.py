@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from workbench.arch import Arch
-from workbench.engines.base import Engine, Hooks, position_ids
+from workbench.engines.base import ROUTER_READ_ONLY, Engine, Hooks, position_ids
 from workbench.sites import Site
 
 
@@ -29,6 +29,29 @@ def _boot(path: str, hf_model, tokenizer, device: str):
         return TransformerBridge.boot_transformers(path, hf_model=hf_model, tokenizer=tokenizer, device=device)
 
 
+def _alias_cache_kwarg(model) -> None:
+    """Let the bridge's attention find the KV cache under transformers 5.2x's name.
+
+    transformers 5.24 decoder layers pass the cache as `cache=`; TransformerLens 4.3's
+    reimplemented attention looks for `past_key_values`/`layer_past`, finds nothing and
+    skips the cache update, so every cached decode step attended to itself alone and
+    `generate` diverged from HF (Llama-family). We alias the kwarg on those modules only.
+    """
+    for m in model.modules():
+        if not hasattr(type(m), "_update_kv_cache") or getattr(m, "_wb_cache_alias", False):
+            continue
+        orig = m.forward
+
+        def forward(*args, _orig=orig, **kw):
+            if kw.get("cache") is not None and kw.get("past_key_values") is None and "layer_past" not in kw:
+                kw["past_key_values"] = kw["cache"]
+            return _orig(*args, **kw)
+
+        # The bridge's __setattr__ forwards unknown names to the wrapped HF module; bypass it.
+        object.__setattr__(m, "forward", forward)
+        object.__setattr__(m, "_wb_cache_alias", True)
+
+
 class TLEngine(Engine):
     name = "tl"
 
@@ -36,6 +59,7 @@ class TLEngine(Engine):
         self.hf_model = hf_model
         self.arch = arch
         self.bridge = _boot(path, hf_model, tokenizer, device)
+        _alias_cache_kwarg(hf_model)
         self._names = set(self.bridge.hook_dict.keys()) | set(getattr(self.bridge, "hook_aliases", {}) or {})
 
     def supports(self, site: Site) -> bool:
@@ -47,18 +71,24 @@ class TLEngine(Engine):
             return False  # no single d_mlp hidden state in a mixture of experts
         return site.tl_name in self._names
 
-    def _fwd_hooks(self, hooks: Hooks):
+    def _fwd_hooks(self, hooks: Hooks, batch: int):
         out = []
         for site, fn in hooks:
-            def tl_fn(x, hook, fn=fn):
-                y = fn(x)
-                return x if y is None else y
+            def tl_fn(x, hook, fn=fn, router=site.component == "router_logits"):
+                # HF routers see flattened tokens (`batch*pos n_experts`); hooks get the
+                # canonical `batch pos n_experts` and hand back the same layout.
+                y = fn(x.reshape(batch, -1, x.shape[-1]) if router else x)
+                if y is None:
+                    return x
+                if router:  # a write would be silently dropped: refuse it
+                    raise ValueError(ROUTER_READ_ONLY.format(site=hook.name))
+                return y
 
             out.append((site.tl_name, tl_fn))
         return out
 
     def run(self, input_ids: Tensor, attention_mask: Tensor, hooks: Hooks = ()) -> Tensor:
-        with self.bridge.hooks(fwd_hooks=self._fwd_hooks(hooks)):
+        with self.bridge.hooks(fwd_hooks=self._fwd_hooks(hooks, input_ids.shape[0])):
             out = self.hf_model(
                 input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids(attention_mask), use_cache=False,
@@ -68,7 +98,7 @@ class TLEngine(Engine):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, hooks, *, max_new_tokens, do_sample, temperature,
                  pad_token_id, eos_token_id):
-        with self.bridge.hooks(fwd_hooks=self._fwd_hooks(hooks)):
+        with self.bridge.hooks(fwd_hooks=self._fwd_hooks(hooks, input_ids.shape[0])):
             return self.hf_model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                 do_sample=do_sample, temperature=temperature if do_sample else None, top_k=None, top_p=None,
