@@ -1,0 +1,90 @@
+"""TransformerLens's own patching utilities and raw TL hook points, behind one small door.
+
+Two jobs, both engine-level because they spell TransformerLens names:
+
+- `tl_act_patch`: run `transformer_lens.patching.get_act_patch_*` on a Subject's
+  TransformerBridge, the peer our batched sweeps are checked (and benchmarked) against.
+- `run_raw`: a forward with hooks on TL hook points the `Site` vocabulary lacks
+  (`attn.hook_q`, `attn.hook_k`, `attn.hook_v`), for path patching into a receiver head's
+  query/key/value. Active interventions of the Subject stay applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from workbench.sites import Site
+
+RawHook = tuple[str, Callable[[Tensor], Tensor | None]]
+
+# TransformerLens sweep function per (component, per-position).
+_TL_SWEEPS = {
+    ("resid_pre", True): "get_act_patch_resid_pre",
+    ("resid_mid", True): "get_act_patch_resid_mid",
+    ("attn_out", True): "get_act_patch_attn_out",
+    ("mlp_out", True): "get_act_patch_mlp_out",
+    ("z", True): "get_act_patch_attn_head_out_by_pos",
+    ("z", False): "get_act_patch_attn_head_out_all_pos",
+}
+QKV = ("q", "k", "v")
+
+
+def _bridge(subject):
+    b = getattr(subject.engine, "bridge", None)
+    if b is None:
+        raise ValueError(f"subject: TransformerLens utilities need the 'tl' engine, got {subject.engine_name!r}")
+    return b
+
+
+def tl_act_patch(subject, component: str, clean_ids: Tensor, corrupt_ids: Tensor,
+                 metric: Callable[[Tensor], Tensor], *, by_pos: bool = True) -> Tensor:
+    """TransformerLens's own sweep on the same model: `[layer pos]`, `[layer pos head]` or `[layer head]`.
+
+    Same semantics as `workbench.patching.activation_patching`: run `corrupt_ids`, patch in the
+    clean activation one cell at a time, record `metric(logits)`. Unpadded `batch pos` ids only
+    (TL runs them without an attention mask).
+    """
+    from transformer_lens import patching
+
+    key = (component, by_pos)
+    if key not in _TL_SWEEPS:
+        raise ValueError(f"component: TransformerLens has no sweep for {component!r} (by_pos={by_pos}); "
+                         f"expected one of {sorted({c for c, _ in _TL_SWEEPS})}")
+    bridge = _bridge(subject)
+    with torch.no_grad():
+        _, clean_cache = bridge.run_with_cache(clean_ids)
+        fn = getattr(patching, _TL_SWEEPS[key])
+        return fn(bridge, corrupt_ids, clean_cache, metric)
+
+
+def raw_name(layer: int, kind: str) -> str:
+    """TL hook name of a head's query/key/value vectors (`batch pos head d_head`; k, v per kv head)."""
+    if kind not in QKV:
+        raise ValueError(f"kind: expected one of {QKV}, got {kind!r}")
+    return f"blocks.{layer}.attn.hook_{kind}"
+
+
+def run_raw(subject, input_ids: Tensor, attention_mask: Tensor, *, hooks: Sequence[tuple[Site, Callable]] = (),
+            raw: Sequence[RawHook] = ()) -> Tensor:
+    """Logits with Site hooks and raw TL-name hooks (fn(x) -> replacement or None) active together."""
+    from workbench.engines.base import position_ids
+
+    eng = subject.engine
+    bridge = _bridge(subject)
+    for name, _ in raw:
+        if name not in bridge.hook_dict:
+            raise ValueError(f"raw hook {name!r}: no such TransformerLens hook point on {subject.name}")
+    fwd = eng._fwd_hooks(subject._hooks(hooks))
+    for name, fn in raw:
+        def tl_fn(x, hook, fn=fn):
+            y = fn(x)
+            return x if y is None else y
+
+        fwd.append((name, tl_fn))
+    with bridge.hooks(fwd_hooks=fwd):
+        out = eng.hf_model(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids(attention_mask), use_cache=False)
+    return out.logits
