@@ -132,3 +132,47 @@ def _cache_root() -> str:
     if not _ROOT:
         _ROOT.append(tempfile.mkdtemp(prefix="wb-tiny-"))
     return _ROOT[0]
+
+
+# --- loaded Subjects, shared across a test session ----------------------------------------
+_SUBJECTS: dict[tuple, object] = {}
+
+
+def guard_track(subject):
+    """Register `subject` with the autouse guard of the conftest pytest actually loaded.
+
+    `from tests.conftest import track` imports a *second* copy of tests/conftest.py (pytest
+    registers it as module `conftest`), whose list the guard never reads; this finds the
+    registered one.
+    """
+    import sys
+
+    for name in ("conftest", "tests.conftest"):
+        mod = sys.modules.get(name)
+        if mod is not None and str(getattr(mod, "__file__", "")).endswith(("tests/conftest.py", "tests\\conftest.py")):
+            return mod.track(subject)
+    return subject
+
+
+def tiny_subject(family: str, engine: str = "tl"):
+    """`workbench.load(tiny_checkpoint(family), engine=engine)`, cached per process and guarded.
+
+    Shared: never leave an intervention or an edit on it (the autouse guard checks).
+    """
+    key = (family, engine)
+    if key not in _SUBJECTS:
+        from workbench import load
+
+        _SUBJECTS[key] = guard_track(load(tiny_checkpoint(family), engine=engine))
+    return _SUBJECTS[key]
+
+
+def hf_reference(family: str):
+    """The same checkpoint loaded by plain transformers (no engine touches it), cached."""
+    key = (family, "hf")
+    if key not in _SUBJECTS:
+        from transformers import AutoModelForCausalLM
+
+        _SUBJECTS[key] = AutoModelForCausalLM.from_pretrained(tiny_checkpoint(family),
+                                                              attn_implementation="eager").eval()
+    return _SUBJECTS[key]
