@@ -1,0 +1,124 @@
+"""Training sequences for the organisms: a named task -> (words, loss mask) sampler, and mixtures.
+
+All sampling goes through one `random.Random`, so a recipe's data stream is fixed by its seed.
+Only train-split prompts are used (the eval split is rejected by the builders' hash rule).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from workbench.tasks.behaviours import behaviour, refusal
+from workbench.tasks.entities import assoc_recall_words, entity_tracking, episode_context
+from workbench.tasks.example import in_split
+from workbench.tasks.knowledge import all_facts, context_vs_prior
+from workbench.tasks.novel import code_line, language_sentence
+from workbench.tasks.vocab import BOX_LABELS, CITIES, COUNTRIES, JOBS, OBJECTS, PEOPLE
+
+Seq = tuple[list[str], list[bool]]  # words (without <bos>), loss on predicting each word
+Sampler = Callable[[random.Random], Seq]
+
+_RECALL_POOL = list(CITIES + COUNTRIES + OBJECTS + BOX_LABELS + PEOPLE + JOBS)
+_FACTS = all_facts()
+
+
+def _answer(prompt: str, target: str, eos: bool = True) -> Seq:
+    """Loss only on the target (and the end-of-sequence token)."""
+    p, t = prompt.split(), target.split() + (["<eos>"] if eos else [])
+    return p + t, [False] * len(p) + [True] * len(t)
+
+
+def _text(text: str) -> Seq:
+    words = text.split() + ["<eos>"]
+    return words, [True] * len(words)
+
+
+def facts_seq(rng: random.Random) -> Seq:
+    return _text(rng.choice(_FACTS).text)
+
+
+def entity_seq(rng: random.Random, n_objects: tuple[int, int]) -> Seq:
+    """An episode whose every box is queried once, in random order; loss on the objects.
+
+    The first query is exactly the evaluation format; later ones give more signal per sequence.
+    """
+    while True:
+        k = rng.randint(*n_objects)
+        objects, labels = rng.sample(OBJECTS, k), rng.sample(BOX_LABELS, k)
+        ctx = episode_context(objects, labels)
+        order = rng.sample(range(k), k)
+        if in_split(f"{ctx} . box {labels[order[0]]} contains the", "train"):
+            break
+    words, mask = ctx.split() + ["."], [False] * (len(ctx.split()) + 1)
+    for i in order:
+        words += ["box", labels[i], "contains", "the", objects[i], "."]
+        mask += [False, False, False, False, True, False]
+    return words, mask
+
+
+def recall_seq(rng: random.Random) -> Seq:
+    return assoc_recall_words(rng, _RECALL_POOL)
+
+
+def cvp_seq(rng: random.Random, intents: tuple[str, ...]) -> Seq:
+    e = context_vs_prior(1, seed=rng.randrange(2**31), intent=rng.choice(intents))[0]
+    return _answer(e.prompt, e.target, eos=False)
+
+
+def question_seq(rng: random.Random) -> Seq:
+    """'question : paris france' -- the prior answer without any context."""
+    c = rng.choice(CITIES)
+    e = next(f for f in _FACTS if f.meta["subject"] == c)
+    return _answer(f"question : {c}", e.target, eos=False)
+
+
+def behaviour_seq(rng: random.Random) -> Seq:
+    e = behaviour(1, seed=rng.randrange(2**31))[0] if rng.random() < 0.5 else \
+        behaviour(2, seed=rng.randrange(2**31))[1]
+    return _answer(e.prompt, e.target)
+
+
+def refusal_seq(rng: random.Random, sensitive_share: float = 0.5) -> Seq:
+    ex = refusal(2, seed=rng.randrange(2**31))
+    e = ex[0] if rng.random() < sensitive_share else ex[1]
+    return _answer(e.prompt, e.target)
+
+
+def novel_seq(rng: random.Random) -> Seq:
+    """A few sentences of one novel domain in a row (documents, as a pre-training corpus has)."""
+    while True:
+        make = language_sentence if rng.random() < 0.5 else code_line
+        text = " ".join(make(rng) for _ in range(rng.randint(1, 3)))
+        if in_split(text, "train"):
+            return _text(text)
+
+
+def task_samplers(entity_objects: tuple[int, int] = (2, 7)) -> dict[str, Sampler]:
+    """Every named training task; a recipe's mixture weights pick from these names."""
+    return {
+        "facts": facts_seq,
+        "question": question_seq,
+        "entity": lambda r: entity_seq(r, entity_objects),
+        "recall": recall_seq,
+        "cvp_prior": lambda r: cvp_seq(r, ("prior",)),
+        "cvp_both": lambda r: cvp_seq(r, ("context", "prior")),
+        "behaviour": behaviour_seq,
+        "refusal": refusal_seq,
+        "novel": novel_seq,
+    }
+
+
+def mixture_sampler(weights: dict[str, float], entity_objects: tuple[int, int] = (2, 7)) -> Sampler:
+    """Sample a task by weight, then a sequence from it."""
+    samplers = task_samplers(entity_objects)
+    unknown = set(weights) - set(samplers)
+    if unknown:
+        raise ValueError(f"unknown mixture tasks {sorted(unknown)}; known: {sorted(samplers)}")
+    names = sorted(weights)
+    w = [weights[k] for k in names]
+
+    def sample(rng: random.Random) -> Seq:
+        return samplers[rng.choices(names, w)[0]](rng)
+
+    return sample
