@@ -32,7 +32,9 @@ def load_subject_spec(model: str, engine: str = "tl", adapter: str | None = None
     from workbench import zoo
     from workbench.models import load
 
-    if adapter is None and zoo.is_organism(model):
+    if not Path(model).exists() and model.split("/")[-1] in zoo.names():
+        if adapter is not None:
+            return load(zoo.path(model), engine=engine, adapter=adapter)
         return zoo.load(model, engine=engine)
     return load(model, engine=engine, adapter=adapter)
 

@@ -59,10 +59,10 @@ def run_probe(ctx: Ctx, cfg: dict) -> StepOutput:
     feats = collect_features(s, texts, sites, cfg["pooling"])
     sweep = probe_sweep(s, texts, labels, sites, cv=cfg["cv"], seed=ctx.spec.seed, pooling=cfg["pooling"],
                         features=feats)
-    best = sweep.best_site()
+    best = sweep.best_site
     probe = BehaviorProbe(random_state=ctx.spec.seed).fit(feats[best], np.asarray(labels))
     summ = sweep.summary()
-    acc = float(summ["accuracy_mean"].max()) if "accuracy_mean" in summ else float("nan")
+    acc = float(summ["mean"].max())
     rows = [{"method": "behaviour probe", "metric": f"held-out accuracy ({cfg['cv']}-fold), best layer",
              "value": acc, "control": "chance (majority class)",
              "control_value": max(np.mean(labels), 1 - np.mean(labels))}]
