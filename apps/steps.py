@@ -35,7 +35,7 @@ def _texts_labels(ctx: Ctx, name: str) -> tuple[list[str], list[int]]:
 
 def _prompts(ctx: Ctx, name: str, label: int | None = None) -> list[str]:
     texts, labels = _texts_labels(ctx, name)
-    return [t for t, y in zip(texts, labels) if label is None or y == label]
+    return [t for t, y in zip(texts, labels, strict=True) if label is None or y == label]
 
 
 JUDGES: dict[str, Callable[[str], Any]] = {}
