@@ -77,8 +77,12 @@ def run_raw(subject, input_ids: Tensor, attention_mask: Tensor, *, hooks: Sequen
     for name, _ in raw:
         if name not in bridge.hook_dict:
             raise ValueError(f"raw hook {name!r}: no such TransformerLens hook point on {subject.name}")
-    fwd = eng._fwd_hooks(subject._hooks(hooks))
-    for name, fn in raw:
+    # Site hooks (and the Subject's active interventions) by their TL names, then the raw ones.
+    named = [(site.tl_name, fn) for site, fn in subject._hooks(hooks)] + list(raw)
+    if any(site.component == "router_logits" for site, _ in subject._hooks(hooks)):
+        raise ValueError("run_raw: router_logits hooks need the engine's own reshaping; use subject.run")
+    fwd = []
+    for name, fn in named:
         def tl_fn(x, hook, fn=fn):
             y = fn(x)
             return x if y is None else y
