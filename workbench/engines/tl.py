@@ -60,6 +60,10 @@ class TLEngine(Engine):
         self.arch = arch
         self.bridge = _boot(path, hf_model, tokenizer, device)
         _alias_cache_kwarg(hf_model)
+        # The bridge wires permanent capture pre-hooks on its first forward; run that forward
+        # now, so the model's hook set is fixed at load time (the test guard counts hooks).
+        with torch.no_grad():
+            hf_model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
         self._names = set(self.bridge.hook_dict.keys()) | set(getattr(self.bridge, "hook_aliases", {}) or {})
 
     def supports(self, site: Site) -> bool:
