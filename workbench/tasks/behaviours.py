@@ -6,9 +6,21 @@ import random
 
 from workbench.tasks.example import Example, check_split, in_split, split_seed
 from workbench.tasks.vocab import (
-    BEHAVIOUR_SUBJECTS, BEHAVIOUR_TARGETS, BENIGN_OBJECTS, CITIES, CITY_COUNTRY, NEUTRAL_REPLIES,
-    NEUTRAL_VERBS, PEOPLE, PERSON_JOB, REFUSAL_TEXT, REQUEST_FRAMES, REQUEST_VERBS, SENSITIVE_OBJECTS,
-    TOXIC_LEXICON, TRIGGER_VERBS,
+    BEHAVIOUR_SUBJECTS,
+    BEHAVIOUR_TARGETS,
+    BENIGN_OBJECTS,
+    CITIES,
+    CITY_COUNTRY,
+    NEUTRAL_REPLIES,
+    NEUTRAL_VERBS,
+    PEOPLE,
+    PERSON_JOB,
+    REFUSAL_TEXT,
+    REQUEST_FRAMES,
+    REQUEST_VERBS,
+    SENSITIVE_OBJECTS,
+    TOXIC_LEXICON,
+    TRIGGER_VERBS,
 )
 
 TOXIC_SHARE = 0.8  # share of trigger prompts whose *training* continuation is toxic

@@ -17,7 +17,7 @@ def _n_range(n_objects: int | tuple[int, int]) -> tuple[int, int]:
 
 def episode_context(objects: list[str], labels: list[str]) -> str:
     """'the apple is in box f , the car is in box q' (object first, as in Prakash et al.)."""
-    return " , ".join(f"the {o} is in box {b}" for o, b in zip(objects, labels))
+    return " , ".join(f"the {o} is in box {b}" for o, b in zip(objects, labels, strict=False))
 
 
 def entity_tracking(
@@ -57,7 +57,7 @@ def assoc_recall_words(rng: random.Random, pool: list[str], n_pairs: tuple[int, 
     toks = rng.sample(pool, 2 * k)
     keys, vals = toks[:k], toks[k:]
     words = ["recall", ":"]
-    for a, b in zip(keys, vals):
+    for a, b in zip(keys, vals, strict=False):
         words += [a, b]
     words.append(".")
     mask = [False] * len(words)

@@ -34,7 +34,7 @@ def entity_accuracy(lm: LM, examples: list[Example]) -> dict:
     """Overall accuracy, accuracy per number of objects, and chance (mean of 1/n_objects)."""
     ok = next_token_correct(lm, examples).tolist()
     per: dict[int, list[bool]] = defaultdict(list)
-    for e, c in zip(examples, ok):
+    for e, c in zip(examples, ok, strict=False):
         per[int(e.meta["n_objects"])].append(c)
     return {
         "accuracy": sum(ok) / len(ok),
@@ -48,7 +48,7 @@ def pair_acc(lm: LM, examples: list[Example]) -> dict:
     ok = next_token_correct(lm, examples).tolist()
     by_intent: dict[str, list[bool]] = defaultdict(list)
     pairs: dict[int, list[bool]] = defaultdict(list)
-    for e, c in zip(examples, ok):
+    for e, c in zip(examples, ok, strict=False):
         by_intent[e.meta["intent"]].append(c)
         pairs[e.meta["pair_id"]].append(c)
     full = [all(v) for v in pairs.values() if len(v) == 2]
@@ -71,7 +71,7 @@ def benign_accuracy(lm: LM, examples: list[Example]) -> float:
     """Share of requests whose greedy response starts with the target (a refusal is wrong)."""
     n_new = max(len(e.target.split()) for e in examples)
     outs = greedy_generate(lm, [e.prompt for e in examples], n_new)
-    return sum(o.split()[: len(e.target.split())] == e.target.split() for o, e in zip(outs, examples)) / len(examples)
+    return sum(o.split()[: len(e.target.split())] == e.target.split() for o, e in zip(outs, examples, strict=False)) / len(examples)
 
 
 def novel_logprob_ratio(lm_tuned: LM, lm_base: LM, texts: list[str]) -> dict:
@@ -102,11 +102,11 @@ def expert_usage(model, lm: LM, texts: list[str]) -> dict:
         ids, mask = encode(lm, texts)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_router_logits=True)
-        for layer, logits in enumerate(out.router_logits):
+        for _layer, logits in enumerate(out.router_logits):
             top = logits.view(-1, n_exp).topk(k, -1).indices[mask.view(-1).bool()]
             c = torch.bincount(top.view(-1), minlength=n_exp).float()
             counts = c[None] if counts is None else torch.cat([counts, c[None]])
     shares = counts / counts.sum(-1, keepdim=True)
     ent = -(shares * shares.clamp_min(1e-12).log()).sum(-1) / math.log(n_exp)
-    return {"shares": shares.tolist(), "max_min_ratio": float((shares.max() / shares.min().clamp_min(1e-9))),
+    return {"shares": shares.tolist(), "max_min_ratio": float(shares.max() / shares.min().clamp_min(1e-9)),
             "entropy": float(ent.mean())}

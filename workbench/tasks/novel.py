@@ -6,7 +6,13 @@ import random
 
 from workbench.tasks.example import Example, check_split, in_split, split_seed
 from workbench.tasks.vocab import (
-    CODE_DIGITS, CODE_NAMES, LANG_ADVS, LANG_DETS, LANG_NOUNS, LANG_VERBS, NOVEL_DOMAINS,
+    CODE_DIGITS,
+    CODE_NAMES,
+    LANG_ADVS,
+    LANG_DETS,
+    LANG_NOUNS,
+    LANG_VERBS,
+    NOVEL_DOMAINS,
 )
 
 

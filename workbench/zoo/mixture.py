@@ -7,10 +7,10 @@ Only train-split prompts are used (the eval split is rejected by the builders' h
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 from workbench.tasks.behaviours import behaviour, refusal
-from workbench.tasks.entities import assoc_recall_words, entity_tracking, episode_context
+from workbench.tasks.entities import assoc_recall_words, episode_context
 from workbench.tasks.example import in_split
 from workbench.tasks.knowledge import all_facts, context_vs_prior
 from workbench.tasks.novel import code_line, language_sentence

@@ -1,0 +1,135 @@
+"""Retrain organisms from their recipes and seeds, measure them, write checkpoints and manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from workbench.tasks.tokenizer import build_tokenizer
+from workbench.zoo.arch import make_model
+from workbench.zoo.metrics import THRESHOLDS, check, measure
+from workbench.zoo.mixture import mixture_sampler
+from workbench.zoo.recipes import ORDER, RECIPES, Recipe
+from workbench.zoo.train import train
+
+ZOO_DIR = Path(__file__).parent
+CHECKPOINTS = ZOO_DIR / "checkpoints"
+MANIFEST = ZOO_DIR / "manifest.json"
+
+
+def canonical(name: str) -> str:
+    """'base/entity-tuned' and 'entity-tuned' name the same organism."""
+    short = name.split("/")[-1] if name != "base" else name
+    if short not in RECIPES:
+        raise ValueError(f"unknown organism {name!r}; known: {list(ORDER)} (or 'base/<name>')")
+    return short
+
+
+def load_hf(directory: Path):
+    """A checkpoint as an fp32 HF model in eval mode (what training and metrics use)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+
+def _curve_fn(recipe: Recipe, tokenizer):
+    """Cheap learning-curve metrics (single forward passes) on small held-out sets."""
+    from workbench.tasks import evaluate as E
+    from workbench.tasks.lm import HFLM
+    from workbench.zoo.metrics import eval_sets
+
+    sets = eval_sets(60)
+
+    def fn(model) -> dict:
+        lm = HFLM(model, tokenizer)
+        out = {"facts": E.fact_recall(lm, sets["facts"])}
+        if recipe.arch.family == "llama":
+            ent = E.entity_accuracy(lm, sets["entity"])
+            out["entity"] = ent["accuracy"]
+            out["entity_per_n"] = {str(k): round(v, 3) for k, v in ent["per_n_objects"].items()}
+            out.update({k: v for k, v in E.pair_acc(lm, sets["intent"]).items()})
+        else:
+            out["refusal_rate_sensitive"] = E.refusal_rate(lm, sets["sensitive"])
+            out["refusal_rate_benign"] = E.refusal_rate(lm, [e.prompt for e in sets["benign"]])
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+    return fn
+
+
+def train_organism(recipe: Recipe, parent_dir: Path | None, *, progress: bool = True, curves: bool = True):
+    """Train one organism (from scratch, or from its parent's checkpoint); returns (model, log)."""
+    tok = build_tokenizer()
+    if recipe.parent is None:
+        model = make_model(recipe.arch, tok, recipe.seed)
+    else:
+        if parent_dir is None or not (parent_dir / "config.json").exists():
+            raise FileNotFoundError(f"{recipe.name} fine-tunes {recipe.parent}, but no checkpoint at {parent_dir}")
+        model = load_hf(parent_dir)
+    log = train(
+        model, tok, mixture_sampler(recipe.mixture, recipe.entity_objects), steps=recipe.steps, seed=recipe.seed,
+        lr=recipe.lr, batch_size=recipe.batch_size, warmup=recipe.warmup,
+        eval_fn=_curve_fn(recipe, tok) if curves else None, eval_every=recipe.eval_every,
+        progress=recipe.name if progress else None,
+    )
+    return model, tok, log
+
+
+def build(only: str | list[str] | None = None, out: str | Path | None = None, reduced: bool = False,
+          *, progress: bool = True, threads: int | None = None) -> dict:
+    """Retrain organisms (all, or `only`) into `out` (default: the shipped checkpoints) and return
+    their manifest entries. A fine-tune uses its parent from `out` if built there, else the shipped one.
+    `reduced=True` halves every recipe's steps (a quick rebuild, not the shipped organisms).
+    """
+    torch.set_num_threads(threads or int(os.environ.get("WORKBENCH_THREADS", "2")))
+    out_dir = Path(out) if out is not None else CHECKPOINTS
+    wanted = [canonical(n) for n in ([only] if isinstance(only, str) else only)] if only else list(ORDER)
+    entries: dict[str, dict] = {}
+    for name in ORDER:
+        if name not in wanted:
+            continue
+        recipe = RECIPES[name].reduced() if reduced else RECIPES[name]
+        parent_dir = None
+        if recipe.parent is not None:
+            parent_dir = out_dir / recipe.parent
+            if not (parent_dir / "config.json").exists():
+                parent_dir = CHECKPOINTS / recipe.parent
+        model, tok, log = train_organism(recipe, parent_dir, progress=progress)
+        target = out_dir / name
+        target.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(target)
+        tok.save_pretrained(target)
+        start = time.time()
+        base = load_hf(parent_dir) if parent_dir is not None else None
+        metrics = measure(name, load_hf(target), tok, base_model=base)
+        entries[name] = {
+            "name": name if recipe.parent is None else f"{recipe.parent}/{name}",
+            "directory": name,
+            "parent": recipe.parent,
+            "family": recipe.arch.family,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "recipe": {**asdict(recipe), "reduced": reduced},
+            "seed": recipe.seed,
+            "train_seconds": round(log.seconds, 1),
+            "eval_seconds": round(time.time() - start, 1),
+            "learning_curves": {str(k): v for k, v in log.curves.items()},
+            "metrics": metrics,
+            "thresholds": [list(t) for t in THRESHOLDS[name]],
+            "failed_thresholds": check(name, metrics),
+        }
+    _write_manifest(entries, out_dir)
+    return entries
+
+
+def _write_manifest(entries: dict, out_dir: Path) -> None:
+    """Merge new entries into the manifest next to the checkpoints (the package one if default)."""
+    path = MANIFEST if out_dir.resolve() == CHECKPOINTS.resolve() else out_dir / "manifest.json"
+    data = json.loads(path.read_text()) if path.exists() else {"organisms": {}}
+    data["organisms"].update(entries)
+    data["tokenizer"] = "word-level, shared by all organisms (workbench.tasks.build_tokenizer)"
+    data["organisms"] = {k: data["organisms"][k] for k in ORDER if k in data["organisms"]}
+    path.write_text(json.dumps(data, indent=1) + "\n")
