@@ -113,5 +113,6 @@ def test_read_only_sites_refuse_writes(engine):
         with s.intervene(iv), pytest.raises(ValueError, match="can read 'pattern' but not write it"):
             s.forward(["the apple"])
     else:  # the bridge recomputes attention itself, so a pattern write takes effect there
+        base = s.forward(["the apple"])
         with s.intervene(Patch(Site(0, "pattern", head=0), torch.zeros(1, 3, 3), positions=None)):
-            assert not torch.equal(s.forward(["the apple"]), tiny_subject("llama").forward(["the apple"]))
+            assert not torch.equal(s.forward(["the apple"]), base)
