@@ -7,7 +7,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import workbench as wb
-from tests.experts.helpers import CASES, FAMILIES, TEXTS, checkpoint, deepseek_biased, qwen3_moe_model, subject
+from tests.experts.helpers import (
+    CASES,
+    FAMILIES,
+    TEXTS,
+    checkpoint,
+    deepseek_biased,
+    qwen3_moe_model,
+    subject,
+)
 from tests.tiny import tiny_checkpoint, tiny_model
 from workbench.engines import routing as R
 from workbench.routing import Routing, capture_routing
