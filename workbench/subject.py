@@ -88,7 +88,7 @@ class Subject:
         return site
 
     def sites(self, component: str) -> list[Site]:
-        return [Site(l, component) for l in range(self.arch.n_layers) if self.engine.supports(Site(l, component))]
+        return [Site(i, component) for i in range(self.arch.n_layers) if self.engine.supports(Site(i, component))]
 
     # --- tokens ------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str] | str, *, padding_side: str = "left") -> Tokens:

@@ -58,7 +58,11 @@ class TLEngine(Engine):
     def __init__(self, path: str, hf_model, tokenizer, arch: Arch, device: str = "cpu"):
         self.hf_model = hf_model
         self.arch = arch
-        self.bridge = _boot(path, hf_model, tokenizer, device)
+        try:
+            self.bridge = _boot(path, hf_model, tokenizer, device)
+        except Exception as e:  # the bridge's own errors name internals, not what to do
+            raise ValueError(f"engine='tl': TransformerLens could not boot model family {arch.family!r} "
+                             f"({type(e).__name__}: {e}); try engine='nnsight'") from e
         _alias_cache_kwarg(hf_model)
         # The bridge wires permanent capture pre-hooks on its first forward; run that forward
         # now, so the model's hook set is fixed at load time (the test guard counts hooks).
