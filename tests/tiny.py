@@ -130,7 +130,11 @@ _ROOT: list[str] = []
 
 def _cache_root() -> str:
     if not _ROOT:
+        import atexit
+        import shutil
+
         _ROOT.append(tempfile.mkdtemp(prefix="wb-tiny-"))
+        atexit.register(shutil.rmtree, _ROOT[0], True)
     return _ROOT[0]
 
 

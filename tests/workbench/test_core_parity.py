@@ -84,6 +84,12 @@ def test_generation_agrees_and_steers_every_decoding_step(family):
     with nn.intervene(steer):
         got_nn = nn.generate(PROMPTS[:2], max_new_tokens=4, stop_at_eos=False)
     assert got_tl == got_nn
+    # Prompt-only (absolute positions) and last-token interventions mixed: still the same on both.
+    with tl.intervene(*_steer(tl)):
+        a = tl.generate(PROMPTS[:2], max_new_tokens=3, stop_at_eos=False)
+    with nn.intervene(*_steer(nn)):
+        b = nn.generate(PROMPTS[:2], max_new_tokens=3, stop_at_eos=False)
+    assert a == b
     assert got_tl != tl.generate(PROMPTS[:2], max_new_tokens=4, stop_at_eos=False), "steering had no effect"
     # Reference: recompute the whole sequence each step (no cache) with the steering on everywhere.
     toks = tl.tokenize(PROMPTS[:2])
@@ -108,3 +114,11 @@ def test_nnsight_module_paths_are_family_specific():
     assert nnsight_path(Site(0, "attn_out"), arch("llama")).module == "model.layers.0.self_attn"
     p = nnsight_path(Site(1, "resid_post"), arch("llama"))
     assert (p.module, p.io, p.index) == ("model.layers.1", "output", None)
+
+
+def test_sampled_generation_with_a_seed_is_reproducible_and_engine_independent():
+    tl, nn = tiny_subject("llama", "tl"), tiny_subject("llama", "nnsight")
+    a = tl.generate(PROMPTS, max_new_tokens=5, do_sample=True, seed=3)
+    assert a == tl.generate(PROMPTS, max_new_tokens=5, do_sample=True, seed=3)
+    assert a == nn.generate(PROMPTS, max_new_tokens=5, do_sample=True, seed=3)
+    assert a != tl.generate(PROMPTS, max_new_tokens=5, do_sample=True, seed=4)
