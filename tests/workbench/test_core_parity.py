@@ -65,12 +65,17 @@ def test_interventions_act_alike_on_both_engines(family):
     tl, nn = tiny_subject(family, "tl"), tiny_subject(family, "nnsight")
     toks = tl.tokenize(PROMPTS)
     base = tl.forward(toks)
+    # Read the intervened sites themselves and one downstream: a cache sees the edited values.
+    sites = sorted({iv.site.whole for iv in _steer(tl)} | {Site(tl.arch.n_layers - 1, "resid_post")})
     with tl.intervene(*_steer(tl)):
-        a = tl.forward(toks)
+        a, ca = tl.run(toks, cache=sites)
     with nn.intervene(*_steer(nn)):
-        b = nn.forward(toks)
+        b, cb = nn.run(toks, cache=sites)
     assert (a - base).abs().max() > 1e-2, "the steering should change the logits"
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    for x in sites:
+        torch.testing.assert_close(ca[x], cb[x], atol=1e-5, rtol=0, msg=lambda m, x=x: f"{x}: {m}")
+    assert torch.equal(ca[Site(0, "z")][:, 1, 1], torch.zeros_like(ca[Site(0, "z")][:, 1, 1]))
 
 
 @families
