@@ -164,6 +164,13 @@ class FTRI(Result):
         order = torch.argsort(flat, descending=largest, stable=True)[:k]
         return tuple((self.layers[int(i) // self.n_experts], int(i) % self.n_experts) for i in order)
 
+    def top_per_layer(self, n: int = 1) -> tuple[Pair, ...]:
+        """The n highest-scoring experts of every layer (what `on` can force: n <= top_k)."""
+        if n < 1 or n > self.n_experts:
+            raise ValueError(f"n: expected 1 <= n <= {self.n_experts}, got {n}")
+        idx = torch.argsort(self.scores, dim=-1, descending=True, stable=True)[:, :n]
+        return tuple((ly, int(e)) for i, ly in enumerate(self.layers) for e in idx[i])
+
     def random(self, k: int, *, seed: int, exclude: Sequence[Pair] = ()) -> tuple[Pair, ...]:
         """k routed experts drawn uniformly (the control for `top(k)`)."""
         pool = [(ly, e) for ly in self.layers for e in range(self.n_experts) if (ly, e) not in set(exclude)]
@@ -256,15 +263,66 @@ def random_experts(subject, k: int, *, seed: int, exclude: Sequence[Pair] = ()) 
     return tuple(sorted(random.Random(seed).sample(pool, k)))
 
 
+@dataclass(frozen=True)
+class SwitchCurve(Result):
+    """Metrics with the top-k experts switched off, and with k random experts (the control)."""
+
+    rows: pd.DataFrame  # selection ("top" | "random"), k, draw, experts, one column per metric
+    metrics: tuple[str, ...]
+    mode: str
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.rows.copy()
+
+    def summary(self) -> pd.DataFrame:
+        """Per k: the top-k value and the random draws' mean and sd, for every metric."""
+        f = self.rows
+        top = f[f.selection == "top"].set_index("k")[list(self.metrics)]
+        rnd = f[f.selection == "random"].groupby("k")[list(self.metrics)]
+        out = top.add_prefix("top_")
+        if len(rnd):
+            out = out.join(rnd.mean().add_prefix("random_mean_")).join(rnd.std(ddof=1).add_prefix("random_sd_"))
+        return out.reset_index()
+
+    def plot(self, metric: str | None = None):
+        import plotly.graph_objects as go
+
+        m = metric or self.metrics[0]
+        sm = self.summary()
+        fig = go.Figure()
+        if f"random_mean_{m}" in sm:
+            fig.add_trace(go.Scatter(x=sm.k, y=sm[f"random_mean_{m}"], name="k random experts (mean, sd)",
+                                     error_y={"type": "data", "array": sm[f"random_sd_{m}"].fillna(0)},
+                                     mode="lines+markers", line={"dash": "dash"}))
+        fig.add_trace(go.Scatter(x=sm.k, y=sm[f"top_{m}"], name="top-k fTRI experts", mode="lines+markers"))
+        fig.update_layout(title=f"{m} with k experts switched off ({self.mode})", xaxis_title="k",
+                          yaxis_title=m)
+        return fig
+
+
 def switch_curve(subject, experts: Sequence[Pair], ks: Sequence[int],
-                 measure: Callable[[Any], dict[str, float]], *, mode: Mode = "drop_renorm") -> pd.DataFrame:
-    """`measure(subject)` with the first k of `experts` switched off, for each k (k=0: baseline)."""
-    rows = []
-    for k in ks:
-        edit = SwitchExperts(off=list(experts)[:k], mode=mode)
-        with edit.applied(subject):
-            rows.append({"k": int(k), **{m: float(v) for m, v in measure(subject).items()}})
-    return pd.DataFrame(rows)
+                 measure: Callable[[Any], dict[str, float]], *, n_random: int = 5, seed: int = 0,
+                 mode: Mode = "drop_renorm", progress: bool | None = None) -> SwitchCurve:
+    """`measure(subject)` with the first k of `experts` off, and with k random experts off
+    (`n_random` draws per k, excluding none), for each k (k=0 is the baseline)."""
+    from tqdm.auto import tqdm
+
+    ks = [int(k) for k in ks]
+    if not ks or any(k < 0 or k > len(experts) for k in ks):
+        raise ValueError(f"ks: expected values in 0..{len(experts)} (the experts given), got {ks}")
+    if n_random < 0:
+        raise ValueError(f"n_random: expected >= 0, got {n_random}")
+    plan = [("top", k, 0, tuple(experts)[:k]) for k in ks]
+    plan += [("random", k, d, random_experts(subject, k, seed=seed + 1000 * k + d))
+             for k in ks if k for d in range(n_random)]
+    rows, names = [], None
+    for sel, k, d, off in tqdm(plan, desc="switch curve", disable=not (progress or progress is None and
+                                                                        len(plan) > 8), leave=False):
+        with SwitchExperts(off=off, mode=mode).applied(subject):
+            got = {m: float(v) for m, v in measure(subject).items()}
+        names = names or tuple(got)
+        rows.append({"selection": sel, "k": k, "draw": d, "experts": str(list(off)), **got})
+    return SwitchCurve(rows=pd.DataFrame(rows), metrics=names or (), mode=mode)
 
 
-__all__ = ["FTRI", "SwitchExperts", "ftri", "random_experts", "switch_curve"]
+__all__ = ["FTRI", "SwitchCurve", "SwitchExperts", "ftri", "random_experts", "switch_curve"]

@@ -77,9 +77,17 @@ def test_random_draws_and_curve():
     assert a == b and len(set(a)) == 3 and a != random_experts(s, 3, seed=2)
     assert not set(random_experts(s, 7, seed=0, exclude=[(0, 0)])) & {(0, 0)}
     base = s.forward(TEXTS)[:, -1]
-    curve = switch_curve(s, [(1, 0), (0, 2)], [0, 1, 2],
-                         lambda sub: {"dlogit": float((sub.forward(TEXTS)[:, -1] - base).abs().max().detach())})
-    assert list(curve["k"]) == [0, 1, 2] and curve["dlogit"][0] == 0 and curve["dlogit"][2] > 0
+    curve = switch_curve(s, [(1, 0), (0, 2)], [0, 1, 2], n_random=3,
+                         measure=lambda sub: {"dlogit": float((sub.forward(TEXTS)[:, -1] - base).abs().max().detach())})
+    f = curve.to_frame()
+    top = f[f.selection == "top"]
+    assert list(top["k"]) == [0, 1, 2] and top["dlogit"].iloc[0] == 0 and top["dlogit"].iloc[2] > 0
+    assert (f.selection == "random").sum() == 6 and (f[f.selection == "random"]["dlogit"] > 0).all()
+    sm = curve.summary()
+    assert list(sm.columns) == ["k", "top_dlogit", "random_mean_dlogit", "random_sd_dlogit"]
+    assert len(curve.plot().data) == 2
+    scan = ftri(s, TEXTS, TEXTS[:2])
+    assert [ly for ly, _ in scan.top_per_layer(2)] == [0, 0, 1, 1]
 
 
 def test_bad_input():

@@ -60,10 +60,13 @@ def test_switched_off_expert_is_never_selected(family, engine, mode):
             assert torch.equal(r.indices[r.layers.index(other)], capture_routing(s, TEXTS).indices[r.layers.index(other)])
 
 
+@pytest.mark.parametrize("impl", ["grouped_mm", "eager"])
 @pytest.mark.parametrize("mode", MODES)
-def test_switched_off_expert_is_never_computed(mode, tmp_path):
-    """NaN weights in the switched-off expert: a NaN-free output proves it never ran."""
+def test_switched_off_expert_is_never_computed(mode, impl):
+    """NaN weights in the switched-off expert: a NaN-free output proves it never ran (HF's
+    default fused `grouped_mm` experts and the eager loop; both skip the sentinel slot)."""
     s = wb.load(tiny_checkpoint("mixtral"))  # private copy: we poison its weights
+    s.hf_model.config._experts_implementation = impl
     layer, e = 1, _most_used(s, 1)
     with torch.no_grad():
         s.params[f"model.layers.{layer}.mlp.experts.gate_up_proj"][e].fill_(float("nan"))
@@ -71,6 +74,7 @@ def test_switched_off_expert_is_never_computed(mode, tmp_path):
     with SwitchExperts(off=[(layer, e)], mode=mode).applied(s):
         assert torch.isfinite(s.forward(TEXTS)).all()
         assert all(isinstance(t, str) for t in s.generate(TEXTS, max_new_tokens=3))
+    assert torch.isnan(s.forward(TEXTS)).any()  # reverted: the poisoned expert runs again
 
 
 @pytest.mark.parametrize("family,engine", CASES)
@@ -126,8 +130,10 @@ def test_stacking_revert_and_save_load(tmp_path):
         with e2.applied(s):
             both = s.forward(TEXTS)
             assert R.active_switches(s)[0].force == {2}
+            assert R.experts_module(s, 1)._is_expert_parallel  # the sentinel slot is honoured
         assert torch.equal(s.forward(TEXTS), one)
     assert torch.equal(s.forward(TEXTS), base) and not R.active_switches(s)
+    assert not any(R.experts_module(s, ly)._is_expert_parallel for ly in s.arch.moe_layers)
     with SwitchExperts(off=[(0, 1), (1, 3)], on=[(0, 2)], mode="mask_logits").applied(s):
         pass
     assert not torch.equal(both, one)

@@ -255,14 +255,36 @@ class LayerSwitch:
     force: frozenset[int] = frozenset()
 
 
-class _Board:
-    """The one hook on a router while any switch is active there; switches merge (union)."""
+def experts_module(subject, layer: int) -> nn.Module | None:
+    """The fused experts of an MoE layer (owner of `mlp.experts.gate_up_proj`), if found."""
+    name = f"model.layers.{layer}.mlp.experts.gate_up_proj"
+    return _owner(subject.hf_model, subject.params[name]) if name in subject.params else None
 
-    def __init__(self, module: nn.Module, outer: nn.Module, sp: RouterSpec):
+
+class _Board:
+    """The one hook on a router while any switch is active there; switches merge (union).
+
+    A dropped slot carries HF's sentinel index (== n_experts). The eager experts loop skips it
+    always; the fused `grouped_mm`/`batched_mm` kernels (the default) honour it only when the
+    module's `_is_expert_parallel` flag is set (otherwise grouped_mm leaves that row
+    uninitialised, which times a zero weight can still be NaN). So while a board exists the
+    flag is set on that layer's experts, and restored when it goes.
+    """
+
+    def __init__(self, module: nn.Module, outer: nn.Module, sp: RouterSpec, experts: nn.Module | None):
         self.module, self.spec = module, sp  # the HF router: its correction bias is read at call time
         self.entries: list[tuple[object, LayerSwitch]] = []
+        self.experts = experts if experts is not None and hasattr(experts, "_is_expert_parallel") else None
+        self._ep = self.experts._is_expert_parallel if self.experts is not None else None
+        if self.experts is not None:
+            self.experts._is_expert_parallel = True
         self.handle = outer.register_forward_hook(self._hook)
         self._merge()
+
+    def close(self) -> None:
+        self.handle.remove()
+        if self.experts is not None:
+            self.experts._is_expert_parallel = self._ep
 
     def _merge(self) -> None:
         n = self.spec.n_experts
@@ -301,7 +323,7 @@ def add_switch(subject, per_layer: dict[int, LayerSwitch]) -> Callable[[], None]
     for layer, sw in per_layer.items():
         inner, outer = _routers(subject, layer)
         if layer not in boards:
-            boards[layer] = _Board(inner, outer, spec(subject, layer))
+            boards[layer] = _Board(inner, outer, spec(subject, layer), experts_module(subject, layer))
         boards[layer].entries.append((key, sw))
         boards[layer]._merge()
         added.append(layer)
@@ -315,7 +337,7 @@ def add_switch(subject, per_layer: dict[int, LayerSwitch]) -> Callable[[], None]
             if b.entries:
                 b._merge()
             else:
-                b.handle.remove()
+                b.close()
                 del boards[layer]
 
     return remove
