@@ -89,17 +89,23 @@ def _interchange_hook(u: Tensor, h_src: Tensor):
 
 
 @torch.no_grad()
+def interchange_logits(subject, targets, sources, site: Site, direction: Tensor, *, batch_size: int = 64) -> Tensor:
+    """Last-token logits `batch d_vocab` of `targets` with u.h set to the matching source's u.h at `site`."""
+    u = check_direction(subject, direction)
+    h = last_token_acts(subject, sources, site, batch_size=batch_size)
+    out = []
+    for i in range(0, len(targets), batch_size):
+        logits, _ = subject.run(subject.tokenize(list(targets[i:i + batch_size])),
+                                hooks=[(site, _interchange_hook(u, h[i:i + batch_size]))])
+        out.append(logits[:, -1].float().cpu())
+    return torch.cat(out)
+
+
 def interchange_accuracy(subject, pairs: IntentPairs, site: Site, direction: Tensor, *, batch_size: int = 64) -> float:
     """Share of (target, source) rows answered with the source's answer after the interchange on u."""
-    u = check_direction(subject, direction)
     tg, src, ans = interchange_rows(pairs, subject.tokenizer)
-    h = last_token_acts(subject, src, site, batch_size=batch_size)
-    ok = []
-    for i in range(0, len(tg), batch_size):
-        logits, _ = subject.run(subject.tokenize(tg[i:i + batch_size]),
-                                hooks=[(site, _interchange_hook(u, h[i:i + batch_size]))])
-        ok.append(logits[:, -1].argmax(-1).cpu() == ans[i:i + batch_size])
-    return float(torch.cat(ok).float().mean())
+    pred = interchange_logits(subject, tg, src, site, direction, batch_size=batch_size).argmax(-1)
+    return float((pred == ans).float().mean())
 
 
 def fit_das_direction(subject, pairs: IntentPairs, site: Site, *, epochs: int = 1, batch_size: int = 8,

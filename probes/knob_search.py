@@ -11,8 +11,8 @@ layer through the logit lens (final norm + unembedding of each `resid_post`).
 1. U = the smallest upper bound such that patching layers [0, U) gives mean p(source) > tau
    (binary search over U; every layer below the answer can carry the intent, none above can);
 2. B = the largest lower bound such that [B, U) still does (binary search over B);
-3. with [B, U) patched, every later layer ly >= U whose decoded p(source) drops by more than phi
-   from layer ly-1 is added: it overwrites the moved signal, so it is part of the mechanism.
+3. with [B, U) patched, every later layer l >= U whose decoded p(source) drops by more than phi
+   from layer l-1 is added: it overwrites the moved signal, so it is part of the mechanism.
 
 Attention outputs are what move information *into* the last position, so patching them at every
 layer makes the last-token stream the source's: the search looks for the few layers where the
@@ -141,25 +141,9 @@ def search_layers(subject, pairs: IntentPairs, *, tau: float = 0.85, phi: float 
         return p
 
     f((), "clean")
-    # 1. the smallest U with f([0, U)) > tau
-    lo, hi = 1, L
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if f(tuple(range(mid)), "upper") > tau:
-            hi = mid
-        else:
-            lo = mid + 1
-    upper = lo
+    upper = bisect_upper(lambda U: f(tuple(range(U)), "upper"), L, tau)
     reached = f(tuple(range(upper)), "upper") > tau
-    # 2. the largest B with f([B, U)) > tau
-    lo, hi = 0, upper - 1
-    while reached and lo < hi:
-        mid = (lo + hi + 1) // 2
-        if f(tuple(range(mid, upper)), "lower") > tau:
-            lo = mid
-        else:
-            hi = mid - 1
-    lower = lo
+    lower = bisect_lower(lambda B: f(tuple(range(B, upper)), "lower"), upper, tau) if reached else 0
     # 3. later layers whose decoded p(source) drops by > phi overwrite the signal
     core = tuple(range(lower, upper))
     f(core, "lower")
@@ -173,6 +157,30 @@ def search_layers(subject, pairs: IntentPairs, *, tau: float = 0.85, phi: float 
                        patched=np.stack([r[0] for r in rows]), p_source=np.array([r[1] for r in rows]),
                        readout=np.stack([r[2] for r in rows]), n_items=len(targets),
                        n_forward_calls=runner.calls)
+
+
+def bisect_upper(f, n_layers: int, tau: float) -> int:
+    """The smallest U in 1..n_layers with f(U) > tau (n_layers if none): ceil(log2 n_layers) calls."""
+    lo, hi = 1, n_layers
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if f(mid) > tau:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def bisect_lower(f, upper: int, tau: float) -> int:
+    """The largest B in 0..upper-1 with f(B) > tau, given f(0) > tau: ceil(log2 upper) calls."""
+    lo, hi = 0, upper - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if f(mid) > tau:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class _Patcher:
