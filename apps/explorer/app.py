@@ -18,17 +18,21 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+# (file, title, icon). Files are `page_*.py`: a page named like a package (`probes.py`, `edits.py`)
+# would shadow that package, since Streamlit puts the page's folder on sys.path.
 PAGES = [
-    ("pages/overview.py", "Overview", ":material/grid_on:"),
-    ("pages/activations.py", "Activations", ":material/stacked_line_chart:"),
-    ("pages/probes.py", "Probes & knob", ":material/tune:"),
-    ("pages/circuits.py", "Circuits", ":material/hub:"),
-    ("pages/novelty.py", "Novelty", ":material/auto_awesome:"),
-    ("pages/edits.py", "Edits", ":material/build:"),
-    ("pages/experts.py", "Experts", ":material/account_tree:"),
+    ("page_overview.py", "Overview", ":material/grid_on:"),
+    ("page_activations.py", "Activations", ":material/stacked_line_chart:"),
+    ("page_probes.py", "Probes & knob", ":material/tune:"),
+    ("page_circuits.py", "Circuits", ":material/hub:"),
+    ("page_novelty.py", "Novelty", ":material/auto_awesome:"),
+    ("page_edits.py", "Edits", ":material/build:"),
+    ("page_experts.py", "Experts", ":material/account_tree:"),
 ]
 
 st.set_page_config(page_title="Fine-tuning explorer", layout="wide")
 here = Path(__file__).parent
-nav = st.navigation([st.Page(str(here / p), title=t, icon=i, default=n == 0) for n, (p, t, i) in enumerate(PAGES)])
+nav = st.navigation([st.Page(str(here / "pages" / p), title=t, icon=i, default=n == 0,
+                             url_path=p.removeprefix("page_").removesuffix(".py"))
+                     for n, (p, t, i) in enumerate(PAGES)])
 nav.run()
