@@ -148,7 +148,6 @@ def test_patching_every_layer_makes_the_last_token_the_source(subject, pairs):
     assert p_none != pytest.approx(p_all, rel=1e-3)
 
 
-@pytest.mark.slow
 def test_search_ends_on_a_boundary_and_is_drawable(subject, pairs, tmp_path):
     tg, src, ans = interchange_rows(pairs, subject.tokenizer)
     run = _Patcher(subject, tg, src, ans, batch_size=64)
@@ -185,7 +184,6 @@ def test_interchange_matches_transformer_lens(subject, pairs):
     assert (ours - plain).abs().max() > 1e-4
 
 
-@pytest.mark.slow
 def test_das_learns_and_leaves_the_model_frozen(subject, pairs):
     flags = [p.requires_grad for p in subject.hf_model.parameters()]
     u, losses = fit_das_direction(subject, pairs, SITE, epochs=3, batch_size=8, lr=3e-2, seed=0)
@@ -201,7 +199,6 @@ def test_diff_means_is_the_normalised_mean_difference(subject, pairs):
     assert torch.allclose(diff_means_direction(subject, pairs, SITE), ref / ref.norm(), atol=1e-5)
 
 
-@pytest.mark.slow
 def test_fit_knob_result(subject, pairs, tmp_path):
     k = fit_knob(subject, pairs, SITE, method="diff_means", keep="all", random_seeds=(0,))
     assert isinstance(k, Knob) and k.direction.norm() == pytest.approx(1.0, abs=1e-5)
@@ -228,7 +225,6 @@ def test_separation_statistics():
     assert auroc(x, y) == pytest.approx(roc_auc_score([0] * 30 + [1] * 40, np.concatenate([x, y])))
 
 
-@pytest.mark.slow
 def test_steering_table_has_controls(subject, pairs):
     val, test = pairs.split((0.5, 0.5))
     k = fit_knob(subject, pairs, SITE, method="diff_means", keep="all", random_seeds=())
@@ -240,7 +236,6 @@ def test_steering_table_has_controls(subject, pairs):
 
 
 # --- bad input -------------------------------------------------------------------------------------
-@pytest.mark.slow
 def test_bad_input(subject, pairs, world_pairs):
     ex = context_vs_prior(10, seed=0, split="eval", intent="both")
     with pytest.raises(ValueError, match="lack an intent"):
