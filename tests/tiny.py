@@ -53,11 +53,12 @@ def _configs():
                                               shared_expert_intermediate_size=32, **moe),
         "olmoe": lambda: T.OlmoeConfig(**c, num_experts=4, **moe),
         # Layer 0 dense (first_k_dense_replace), layers 1-2 routed: both kinds of block are tested.
-        # MLA expands keys to every head itself, so HF needs num_key_value_heads == heads.
+        # MLA expands keys to every head itself, so HF needs num_key_value_heads == heads;
+        # values (12) narrower than queries/keys (16), so z's d_head is checked to be v_head_dim.
         "deepseek_v3": lambda: T.DeepseekV3Config(
             **{**c, "num_hidden_layers": 3, "num_key_value_heads": 4}, n_routed_experts=4, n_shared_experts=1, moe_intermediate_size=24,
             first_k_dense_replace=1, n_group=2, topk_group=1, q_lora_rank=16, kv_lora_rank=16,
-            qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, **moe),
+            qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12, **moe),
     }
 
 

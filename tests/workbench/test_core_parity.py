@@ -53,7 +53,7 @@ def _steer(s, seed=0):
     mid = "resid_mid" if s.engine.supports(Site(0, "resid_mid")) else "attn_out"
     return [
         Add(Site(0, mid), torch.randn(d, generator=g)),
-        Patch(Site(0, "z", head=1), torch.zeros(1, 1, s.arch.d_head if s.arch.family != "deepseek_v3" else 8),
+        Patch(Site(0, "z", head=1), torch.zeros(1, 1, s.arch.d_head),
               positions=[1]),
         SetProjection(Site(L - 1, "resid_pre"), torch.randn(d, generator=g), 3.0, positions=-1),
         Add(Site(L - 1, "mlp_out"), torch.randn(d, generator=g)),
@@ -127,3 +127,23 @@ def test_sampled_generation_with_a_seed_is_reproducible_and_engine_independent()
     assert a == tl.generate(PROMPTS, max_new_tokens=5, do_sample=True, seed=3)
     assert a == nn.generate(PROMPTS, max_new_tokens=5, do_sample=True, seed=3)
     assert a != tl.generate(PROMPTS, max_new_tokens=5, do_sample=True, seed=4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "deepseek_v3"])
+def test_params_are_hf_named_views_on_both_engines(family):
+    """Weights are HF's on either engine: same names, same identity, and a write through a
+    `params` view reaches the forward pass of that engine."""
+    tl, nn = tiny_subject(family, "tl"), tiny_subject(family, "nnsight")
+    assert tl.params.names() == nn.params.names()
+    assert tl.identity() == nn.identity()
+    for s in (tl, nn):
+        gate = s.params.gate(0)  # [d_mlp, d_model] whatever the storage (GPT-2's Conv1D is transposed)
+        assert tuple(gate.shape) == (s.arch.mlp_width(0), s.arch.d_model)
+        base = s.forward(PROMPTS[:1])
+        old = gate.clone()
+        gate.mul_(2.0)
+        try:
+            assert not torch.allclose(s.forward(PROMPTS[:1]), base)
+        finally:
+            gate.copy_(old)
+        assert torch.equal(s.forward(PROMPTS[:1]), base)

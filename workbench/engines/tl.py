@@ -79,18 +79,26 @@ class TLEngine(Engine):
             return False  # no single d_mlp hidden state in a mixture of experts
         return site.tl_name in self._names
 
+    def _canonical(self, component: str, x: Tensor, batch: int) -> Tensor:
+        if component == "router_logits":
+            # HF routers see flattened tokens (`batch*pos n_experts`); hooks get `batch pos n_experts`.
+            return x.reshape(batch, -1, x.shape[-1])
+        if component == "z":
+            # The bridge splits MLA's (DeepSeek) o_proj input by the q/k head_dim, not v_head_dim
+            # (4 heads x 12 came out as 6 x 8); regroup by the real head count. A no-op elsewhere.
+            return x.reshape(*x.shape[:2], self.arch.n_heads, -1)
+        return x
+
     def _fwd_hooks(self, hooks: Hooks, batch: int):
         out = []
         for site, fn in hooks:
-            def tl_fn(x, hook, fn=fn, router=site.component == "router_logits"):
-                # HF routers see flattened tokens (`batch*pos n_experts`); hooks get the
-                # canonical `batch pos n_experts` and hand back the same layout.
-                y = fn(x.reshape(batch, -1, x.shape[-1]) if router else x)
+            def tl_fn(x, hook, fn=fn, comp=site.component):
+                y = fn(self._canonical(comp, x, batch))
                 if y is None:
                     return x
-                if router:  # a write would be silently dropped: refuse it
+                if comp == "router_logits":  # a write would be silently dropped: refuse it
                     raise ValueError(ROUTER_READ_ONLY.format(site=hook.name))
-                return y
+                return y.reshape(x.shape)
 
             out.append((site.tl_name, tl_fn))
         return out
