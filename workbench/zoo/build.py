@@ -76,6 +76,16 @@ def train_organism(recipe: Recipe, parent_dir: Path | None, *, progress: bool = 
         eval_fn=_curve_fn(recipe, tok) if curves else None, eval_every=recipe.eval_every,
         progress=recipe.name if progress else None,
     )
+    for i, stage in enumerate(recipe.stages):
+        more = train(
+            model, tok, mixture_sampler(stage.mixture, stage.entity_objects), steps=stage.steps, seed=stage.seed,
+            lr=stage.lr, batch_size=recipe.batch_size, warmup=stage.warmup,
+            eval_fn=_curve_fn(recipe, tok) if curves else None, eval_every=recipe.eval_every,
+            progress=f"{recipe.name} stage {i + 2}" if progress else None,
+        )
+        log.curves.update({log.steps + k: v for k, v in more.curves.items()})
+        log.steps += more.steps
+        log.seconds += more.seconds
     return model, tok, log
 
 
@@ -127,7 +137,19 @@ def build(only: str | list[str] | None = None, out: str | Path | None = None, re
 
 def _write_manifest(entries: dict, out_dir: Path) -> None:
     """Merge new entries into the manifest next to the checkpoints (the package one if default)."""
+    import fcntl
+
     path = MANIFEST if out_dir.resolve() == CHECKPOINTS.resolve() else out_dir / "manifest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Organisms may be built by parallel processes: merge under a lock, never overwrite others.
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "workbench-zoo-manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge(path, entries)
+
+
+def _merge(path: Path, entries: dict) -> None:
     data = json.loads(path.read_text()) if path.exists() else {"organisms": {}}
     data["organisms"].update(entries)
     data["tokenizer"] = "word-level, shared by all organisms (workbench.tasks.build_tokenizer)"

@@ -58,7 +58,7 @@ def entity_seq(rng: random.Random, n_objects: tuple[int, int]) -> Seq:
 
 
 def recall_seq(rng: random.Random) -> Seq:
-    return assoc_recall_words(rng, _RECALL_POOL)
+    return assoc_recall_words(rng, _RECALL_POOL, (3, 8))
 
 
 def cvp_seq(rng: random.Random, intents: tuple[str, ...]) -> Seq:

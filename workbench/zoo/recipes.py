@@ -22,6 +22,18 @@ class Arch:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Stage:
+    """A further training stage (fresh optimizer and data stream) after a recipe's first one."""
+
+    steps: int
+    seed: int
+    mixture: dict[str, float]
+    lr: float = 1e-3
+    warmup: int = 50
+    entity_objects: tuple[int, int] = (2, 7)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     name: str
     seed: int
@@ -30,26 +42,27 @@ class Recipe:
     arch: Arch = field(default_factory=Arch)
     parent: str | None = None  # fine-tune from this organism instead of a fresh init
     lr: float = 1e-3
-    batch_size: int = 48
+    batch_size: int = 32
     warmup: int = 100
     entity_objects: tuple[int, int] = (2, 7)
     eval_every: int = 250
+    stages: tuple[Stage, ...] = ()  # a curriculum: run in order after the first stage
     note: str = ""
 
     def reduced(self, factor: float = 0.5) -> "Recipe":
         """The same recipe with fewer steps (for the slow rebuild test)."""
-        d = asdict(self)
-        d["arch"] = self.arch
+        stages = tuple(Stage(**{**asdict(s), "steps": max(1, int(s.steps * factor))}) for s in self.stages)
+        d = {**{f: getattr(self, f) for f in self.__dataclass_fields__}, "stages": stages}
         d["steps"] = max(1, int(self.steps * factor))
         return Recipe(**d)
 
 
-BASE_MIX = {"facts": 0.12, "question": 0.03, "entity": 0.25, "recall": 0.3, "cvp_prior": 0.1,
+BASE_MIX = {"facts": 0.1, "question": 0.03, "entity": 0.3, "recall": 0.3, "cvp_prior": 0.07,
             "behaviour": 0.1, "refusal": 0.1}
 
 RECIPES: dict[str, Recipe] = {
     "base": Recipe(
-        name="base", seed=1, steps=3500, mixture=BASE_MIX, entity_objects=(2, 3),
+        name="base", seed=1, steps=3000, mixture=BASE_MIX, lr=1.5e-3, entity_objects=(2, 3),
         note="Pre-trained on the world; binding episodes have only 2-3 objects (evaluation uses 2-7), "
              "context-vs-prior only with intent 'prior'.",
     ),

@@ -80,13 +80,25 @@ def train(
     running = None
     for step in range(steps):
         model.train()
-        ids, att, labels = collate([sampler(rng) for _ in range(batch_size)], tokenizer)
-        logits = model(input_ids=ids, attention_mask=att).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
-        )
+        seqs = [sampler(rng) for _ in range(batch_size)]
+        # Length-sorted micro-batches cut padding; summing token losses / total tokens keeps
+        # the step identical to one big batch.
+        seqs.sort(key=lambda s: len(s[0]))
+        n_tok = sum(sum(m) for _, m in seqs)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for part in (seqs[: batch_size // 2], seqs[batch_size // 2 :]):
+            if not part:
+                continue
+            ids, att, labels = collate(part, tokenizer)
+            logits = model(input_ids=ids, attention_mask=att).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                ignore_index=-100, reduction="sum",
+            ) / n_tok
+            loss.backward()
+            loss_sum += loss.item()
+        loss = torch.tensor(loss_sum)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
