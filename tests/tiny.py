@@ -181,3 +181,18 @@ def hf_reference(family: str):
         _SUBJECTS[key] = AutoModelForCausalLM.from_pretrained(tiny_checkpoint(family),
                                                               attn_implementation="eager").eval()
     return _SUBJECTS[key]
+
+
+# Families every quick run covers (learned positions, RoPE, softmax MoE, MLA + sigmoid MoE);
+# heavy tests run the others only under `-m slow` (make test), via `families_param(heavy=True)`.
+FAST_FAMILIES = ("gpt2", "llama", "mixtral", "deepseek_v3")
+
+
+def families_param(*, heavy: bool = False):
+    """`pytest.mark.parametrize("family", ...)` over FAMILIES; with heavy=True the non-fast ones are slow."""
+    import pytest
+
+    if not heavy:
+        return pytest.mark.parametrize("family", FAMILIES)
+    return pytest.mark.parametrize("family", [
+        f if f in FAST_FAMILIES else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])

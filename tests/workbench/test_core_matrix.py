@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny import FAMILIES, hf_reference, tiny_subject
+from tests.tiny import FAMILIES, families_param, hf_reference, tiny_subject
 from workbench import COMPONENTS, Add, Patch, Site
 from workbench.engines.base import position_ids
 
@@ -90,7 +90,7 @@ def test_zero_effect_interventions_reproduce_baseline_exactly(family, engine):
     assert len(sites) >= 6 * s.arch.n_layers, f"expected most components writable, got {sites}"
 
 
-@families
+@families_param(heavy=True)
 @matrix
 def test_generation_with_noop_intervention_is_identical(family, engine):
     s = tiny_subject(family, engine)

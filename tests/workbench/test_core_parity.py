@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny import FAMILIES, tiny_subject
+from tests.tiny import FAMILIES, families_param, tiny_subject
 from workbench import COMPONENTS, Add, Patch, SetProjection, Site
 from workbench.engines.nnsight import nnsight_path
 
@@ -78,7 +78,7 @@ def test_interventions_act_alike_on_both_engines(family):
     assert torch.equal(ca[Site(0, "z")][:, 1, 1], torch.zeros_like(ca[Site(0, "z")][:, 1, 1]))
 
 
-@families
+@families_param(heavy=True)
 def test_generation_agrees_and_steers_every_decoding_step(family):
     """Steering (positions=None) at every KV-cached step == a greedy loop with no cache at all."""
     tl, nn = tiny_subject(family, "tl"), tiny_subject(family, "nnsight")
