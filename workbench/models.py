@@ -86,7 +86,7 @@ def load(model: str | os.PathLike, *, engine: Engine = "tl", device: str = "cpu"
     `engine="tl"` (TransformerLens 4 TransformerBridge, default) or `"nnsight"`
     (`remote=True` runs traces on NDIF). `adapter` applies a PEFT adapter directory.
     """
-    model = str(model)
+    model = os.path.expanduser(str(model))  # "~/ckpt" is a local path, not a hub id
     if engine not in ("tl", "nnsight"):
         raise ValueError(f"engine: expected 'tl' or 'nnsight', got {engine!r}")
     if remote and engine != "nnsight":

@@ -23,6 +23,14 @@ def test_missing_path_is_file_not_found(tmp_path):
         load(tmp_path / "empty")
 
 
+def test_missing_adapter_and_home_relative_paths(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="adapter: no adapter directory"):
+        load(tiny_checkpoint("llama"), adapter=tmp_path / "no-adapter")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint directory at '{tmp_path}/ckpt'"):
+        load("~/ckpt")
+
+
 def test_pickle_only_checkpoint_needs_trust_pickle(tmp_path):
     path = tiny_checkpoint("llama", tmp_path / "pkl", pickle=True)
     assert not list(path.glob("*.safetensors")) and list(path.glob("*.bin"))
