@@ -114,7 +114,10 @@ def fit_das_direction(subject, pairs: IntentPairs, site: Site, *, epochs: int = 
     tg, src, ans = interchange_rows(pairs, subject.tokenizer)
     h_src = last_token_acts(subject, src, site)
     g = torch.Generator().manual_seed(seed)
-    v = torch.nn.Parameter(torch.randn(subject.arch.d_model, generator=g))
+    # start on the unit sphere: Adam moves every coordinate by ~lr per step, so a unit-norm v turns
+    # u by ~lr*sqrt(d) per step; a randn-scaled v (norm sqrt(d)) would turn it sqrt(d) times slower
+    v0 = torch.randn(subject.arch.d_model, generator=g)
+    v = torch.nn.Parameter(v0 / v0.norm())
     opt = torch.optim.Adam([v], lr=lr)
     rng = random.Random(seed)
     params = list(subject.hf_model.parameters())
