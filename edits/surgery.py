@@ -354,3 +354,64 @@ def evaluate_surgery(subject, edit: ModelSurgery, prompts: Sequence[str], judge:
                 h.revert()
         out.append(r)
     return SurgeryEval(tuple(out))
+
+
+# --- choosing K and alpha on a validation split ------------------------------------------
+
+def alpha_for(subject, direction: Tensor, scale: float) -> float:
+    """The alpha that moves a row by `scale` times the mean gate-row norm (`alpha * ||w||`).
+
+    The raw probe row's norm depends on the feature scale it was trained on, so a grid over
+    this relative scale transfers across probes and layers; the edit still stores raw alpha.
+    """
+    rows = torch.cat([subject.params.gate(ly).float() for ly in gate_layers(subject)])
+    return float(scale) * float(rows.norm(dim=1).mean()) / float(direction.float().norm())
+
+
+@dataclass(frozen=True)
+class SurgeryGrid(Result):
+    """Validation scores of every (n_rows, scale) pair, with the unedited baseline."""
+
+    rows: tuple[dict, ...]
+    baseline: dict
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(list(self.rows))
+
+    def best(self, max_drop: float = 0.02) -> dict:
+        """Lowest behaviour rate among settings whose every task drops by <= `max_drop`."""
+        f = self.to_frame()
+        tasks = [k for k in self.baseline if k != "behaviour_rate"]
+        ok = np.ones(len(f), dtype=bool)
+        for t in tasks:
+            ok &= (self.baseline[t] - f[t]).to_numpy() <= max_drop + 1e-12
+        if not ok.any():
+            raise ValueError(f"SurgeryGrid.best: no setting keeps every task within {max_drop} of the baseline")
+        return f[ok].sort_values(["behaviour_rate", "n_rows", "scale"]).iloc[0].to_dict()
+
+    def plot(self):
+        import plotly.express as px
+
+        f = self.to_frame()
+        return px.line(f, x="scale", y="behaviour_rate", color="n_rows", markers=True, log_x=True,
+                       title="Validation behaviour rate by rows edited (K) and relative alpha")
+
+
+def surgery_grid(subject, direction: Tensor, prompts: Sequence[str], judge: Callable[[str], Any], *,
+                 tasks: Mapping[str, Callable], n_rows: Sequence[int] = (16, 64, 256),
+                 scales: Sequence[float] = (1, 2, 4, 8), max_new_tokens: int = 20) -> SurgeryGrid:
+    """Evaluate Model Surgery for every (K, relative alpha) on *validation* prompts and tasks."""
+    from workbench.behaviour import evaluate_behaviour, evaluate_capability
+
+    def measure() -> dict:
+        r = {"behaviour_rate": evaluate_behaviour(subject, prompts, judge, max_new_tokens=max_new_tokens).rate}
+        return r | evaluate_capability(subject, tasks).scores_dict()
+
+    baseline = measure()
+    out = []
+    for k in n_rows:
+        for sc in scales:
+            alpha = alpha_for(subject, direction, sc)
+            with ModelSurgery.fit(subject, direction, n_rows=int(k), alpha=alpha).applied(subject):
+                out.append({"n_rows": int(k), "scale": float(sc), "alpha": alpha} | measure())
+    return SurgeryGrid(tuple(out), baseline)
