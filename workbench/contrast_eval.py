@@ -1,7 +1,8 @@
 """Does CGE find what is new? Detection rate and domain coverage against plain sampling.
 
     ev = exploration_eval(pair, tasks.novel_domain, domains=tasks.NOVEL_DOMAINS, n=20, seeds=(0, 1, 2))
-    ev.to_frame()     # method x seed: detection_rate, coverage, generations to full coverage
+    ev.to_frame()     # method x seed: detection_rate, coverage, generations to full coverage,
+                      # coverage_auc (mean coverage after k generations, k = 1..n)
     ev.summary()      # mean and std over seeds per method
     ev.plot()         # coverage after k generations, per method
 
@@ -46,11 +47,16 @@ class ExplorationEval(Result):
 
     def summary(self) -> pd.DataFrame:
         """Mean and std over seeds of each metric, per method (in the order run)."""
-        cols = ["detection_rate", "coverage", "first_full_coverage"]
+        cols = ["detection_rate", "coverage", "first_full_coverage", "coverage_auc"]
         g = self.frame.groupby("method", sort=False)[cols]
         out = g.mean().add_suffix("_mean").join(g.std(ddof=0).add_suffix("_std"))
         out["seeds"] = self.frame.groupby("method", sort=False)["seed"].nunique()
         return out.reset_index()
+
+    def coverage_at(self, k: int) -> pd.DataFrame:
+        """Coverage after the first k generations, per method and seed (compare methods at equal n)."""
+        cc = self.coverage_curve()
+        return cc[cc["k"] == k].reset_index(drop=True)
 
     def coverage_curve(self) -> pd.DataFrame:
         """Coverage after each of the first k generations, per method and seed."""
@@ -114,6 +120,14 @@ def first_full_coverage(labels: Sequence[Any], domains: Sequence[str]) -> float:
     return float("nan")
 
 
+def coverage_auc(labels: Sequence[Any], domains: Sequence[str]) -> float:
+    """Mean over k = 1..n of the coverage after the first k generations: "more domains at equal
+    n", summarised over every n (1.0 = every domain from the first generation on)."""
+    if not domains or not labels:
+        return float("nan")
+    return float(np.mean([coverage(labels[:k], domains) for k in range(1, len(labels) + 1)]))
+
+
 @torch.no_grad()
 def plain_sample(subject, *, n: int, max_new_tokens: int, seed: int, prompt: str | None = None) -> list[str]:
     """Ancestral sampling (temperature 1, no top-k/top-p) with HF `generate` on a bare twin of
@@ -174,7 +188,8 @@ def exploration_eval(pair: ModelPair, judge: Callable[[str], Any], *, domains: S
             gen_rows.append(dict(method=m, seed=s, index=i, text=t, label=lab if isinstance(lab, str) else
                                  (None if lab is None else "novel"), novel=lab is not None, score=sc))
         rows.append(dict(method=m, seed=s, n=len(texts), detection_rate=detection_rate(labels),
-                         coverage=coverage(labels, domains), first_full_coverage=first_full_coverage(labels, domains)))
+                         coverage=coverage(labels, domains), first_full_coverage=first_full_coverage(labels, domains),
+                         coverage_auc=coverage_auc(labels, domains)))
     cfg = dict(n=n, seeds=seeds, methods=list(methods), max_new_tokens=max_new_tokens, alpha=alpha, gamma=gamma,
                lr=lr, steps_per_example=steps_per_example, optimizer=optimizer, prompt=prompt,
                judge=getattr(judge, "__name__", repr(judge)), pair=repr(pair))
