@@ -20,7 +20,9 @@ every `edits.*` module and parametrizes over `REGISTRY`):
 - a frozen dataclass with `method` set and a `model_id` field, decorated with `@register`;
 - `classmethod example(subject) -> Edit`: a small valid instance made *for* `subject` (model_id
   = `subject.identity()`), whose effect on the logits of a tiny random model is visible (> 1e-4);
-  the table builds each edit this way, so a new edit joins the table by defining it;
+  the table builds each edit this way, so a new edit joins the table by defining it (optional
+  `example_family: ClassVar[str]` names the tiny random family to use, e.g. "mixtral"; default:
+  llama if `example` works there, else mixtral);
 - applying it to a model of another identity, or (model_id cleared) of other shapes, raises
   ValueError from `apply` (override `check_compatible` for shape checks beyond what `changes`
   and intervention sites catch);

@@ -2,8 +2,8 @@
 
 Every module under `edits/` is imported, so each `@register`ed class in `edits.base.REGISTRY`
 joins the table. An edit provides `classmethod example(subject)` (a small valid instance made
-for `subject`) and may set `example_family: ClassVar[str]` (default "llama"; e.g. "mixtral" for
-expert edits) to pick the tiny random model it is exercised on. See the contract at the top of
+for `subject`) and may set `example_family: ClassVar[str]` to pick the tiny random model it is
+exercised on (default: llama if `example` works there, else mixtral). See the contract at the top of
 `edits/base.py`.
 """
 
@@ -34,7 +34,17 @@ _SUBJECTS: dict[tuple, object] = {}
 
 
 def _family(cls) -> str:
-    return getattr(cls, "example_family", "llama")
+    """`cls.example_family` if set; else the first of llama, mixtral on which `example` works."""
+    fam = getattr(cls, "example_family", None)
+    if fam is not None:
+        return fam
+    for fam in ("llama", "mixtral"):
+        try:
+            cls.example(_subject(fam))
+            return fam
+        except (ValueError, NotImplementedError):
+            continue
+    return "llama"  # let the table show the example's own error
 
 
 def _reshaped_checkpoint(family: str) -> Path:
