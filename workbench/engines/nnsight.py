@@ -139,9 +139,6 @@ class NNsightEngine(Engine):
             return x.reshape(batch, -1, x.shape[-1])
         return x
 
-    def _from_canonical(self, comp: str, y: Tensor, like: Tensor) -> Tensor:
-        return y.reshape(like.shape)
-
     # --- hooks inside a trace ------------------------------------------------------------
     def _plan(self, hooks: Hooks):
         """Group hooks by point, ordered as the forward reaches them."""
@@ -150,7 +147,7 @@ class NNsightEngine(Engine):
         for site, fn in hooks:
             p = nnsight_path(site.whole, self.arch)
             groups[(p.module, p.io)].append((site.whole, fn))
-            rank = _exec_rank(self.arch.family, site.component)
+            rank = _EXEC.index(site.component)
             order[(p.module, p.io)] = min(order.get((p.module, p.io), (1 << 30,)), (site.layer, rank))
         return [(key, groups[key]) for key in sorted(groups, key=lambda k: order[k])]
 
@@ -170,7 +167,7 @@ class NNsightEngine(Engine):
                 if site.component == "pattern":
                     raise ValueError(f"{site}: the nnsight engine can read 'pattern' but not write it (HF "
                                      "returns attention weights after using them); use engine='tl' to patch it")
-                new = self._from_canonical(site.component, y, raw).to(raw.dtype)
+                new = y.reshape(raw.shape).to(raw.dtype)  # back to HF's layout
                 value = (*value[:idx], new, *value[idx + 1:]) if idx is not None else new
                 changed = True
             if changed:
@@ -215,13 +212,6 @@ class NNsightEngine(Engine):
         return seq
 
 
-_EXEC = {
-    # Execution order of the points within a layer (z, the o_proj input, comes before the
-    # attention module returns its output and pattern).
-    "default": ["resid_pre", "z", "pattern", "attn_out", "resid_mid", "router_logits", "mlp_post", "mlp_out",
-                "resid_post"],
-}
-
-
-def _exec_rank(family: str, component: str) -> int:
-    return _EXEC.get(family, _EXEC["default"]).index(component)
+# Execution order of the points within a layer, the same for every family here: z (the o_proj
+# input) is served before the attention module returns its output and pattern.
+_EXEC = ("resid_pre", "z", "pattern", "attn_out", "resid_mid", "router_logits", "mlp_post", "mlp_out", "resid_post")
