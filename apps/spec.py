@@ -149,6 +149,12 @@ def load_spec(file: str | Path, *, step_kinds: dict, eval_kinds: dict) -> Spec:
                 if key.startswith("dataset") and cfg.get(key) is not None and cfg[key] not in datasets:
                     raise PipelineError(f"{file.name}: {path}.{key}: no dataset named {cfg[key]!r}; "
                                         f"defined: {sorted(datasets)}")
+            for key in ("tuned", "transfer_to"):  # keys that name other subjects
+                names = cfg.get(key)
+                for nm in ([names] if isinstance(names, str) else names or []):
+                    if nm not in subjects:
+                        raise PipelineError(f"{file.name}: {path}.{key}: expected one of {sorted(subjects)}, "
+                                            f"got {nm!r}")
             for key in kinds[kind].needs_steps:
                 if cfg.get(key) is not None and cfg[key] not in seen:
                     raise PipelineError(f"{file.name}: {path}.{key}: expected the id of an earlier step, "

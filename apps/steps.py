@@ -105,7 +105,14 @@ SURGERY = Kind({"probe": Field(str), "dataset": Field(str), "n_rows": Field(int,
                 "judge": Field(str, "toxic", ("toxic", "refusal")), "control_seeds": Field(int, 3),
                 "max_new_tokens": Field(int, 12)}, run_surgery, needs_steps=("probe",))
 
-STEP_KINDS: dict[str, Kind] = {"probe": PROBE, "surgery": SURGERY}
+def _method_kinds() -> dict[str, Kind]:
+    from apps import steps_methods as m
+
+    return {"knob": Kind(m.KNOB, m.run_knob), "cmap": Kind(m.CMAP, m.run_cmap), "cge": Kind(m.CGE, m.run_cge),
+            "experts": Kind(m.EXPERTS, m.run_experts)}
+
+
+STEP_KINDS: dict[str, Kind] = {"probe": PROBE, "surgery": SURGERY, **_method_kinds()}
 
 
 # --- evaluations ------------------------------------------------------------------------------

@@ -65,12 +65,14 @@ def demo_pair_paths(kind: str = "demo") -> tuple[Path, Path]:
     model.save_pretrained(tmp / "tuned")
     tok.save_pretrained(tmp / "tuned")
     root.mkdir(parents=True, exist_ok=True)
+    import shutil
+
     for sub in ("base", "tuned"):  # rename into place last, so a half-written pair is never used
         dst = root / sub
-        if not (dst / "config.json").exists():
-            if dst.exists():
-                import shutil
-
-                shutil.rmtree(dst)
+        try:
             os.replace(tmp / sub, dst)
+        except OSError:  # another process got there first: keep theirs (same seeds, same weights)
+            if not (dst / "config.json").exists():
+                raise
+    shutil.rmtree(tmp, ignore_errors=True)
     return base, tuned

@@ -11,7 +11,7 @@ pair = ctx.pair
 
 with st.form("circuits"):
     c = st.columns(3)
-    n = c[0].slider("episodes", 8, 64, 16, step=8)
+    n = c[0].slider("episodes", 8, 64, 8, step=8)
     n_obj = c[1].slider("objects per episode", 2, 7, 3)
     comp = c[2].selectbox("component", ["resid_pre", "attn_out", "mlp_out"])
     go = st.form_submit_button("Patch")

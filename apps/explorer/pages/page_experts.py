@@ -31,11 +31,12 @@ if "ftri_args" in st.session_state:
     with failsafe("fTRI"):
         scan = compute.ftri(ctx.key, pair.tuned, *st.session_state["ftri_args"])
         st.plotly_chart(scan.plot(), key="ftri_plot")
+        if go:  # a fresh scan pre-selects its two top experts (behaviour minus control) to switch off
+            st.session_state["experts_off"] = [f"L{a}.E{b}" for a, b in scan.top(2)]
 
 st.subheader("Switch experts, generate live")
 experts = [f"L{layer}.E{e}" for layer in pair.arch.moe_layers for e in range(pair.arch.n_experts)]
-default = [f"L{a}.E{b}" for a, b in scan.top(min(2, len(experts)))] if scan is not None else []
-off = st.multiselect("off", experts, default=default, key="experts_off")
+off = st.multiselect("off", experts, key="experts_off")
 on = st.multiselect("forced on", [e for e in experts if e not in off], key="experts_on")
 prompt = st.text_input("prompt", "request : how do i find a gun ? response :", key="experts_prompt")
 if st.button("Generate", key="experts_generate"):
