@@ -37,6 +37,26 @@ def load_hf(directory: Path):
     return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
 
 
+def recall_probe(tokenizer, n: int = 100):
+    """First-query accuracy on associative-recall sequences: where the induction transition shows."""
+    import random
+
+    from workbench.zoo.mixture import recall_seq
+    from workbench.zoo.train import collate
+
+    seqs = [recall_seq(random.Random(10_000 + i)) for i in range(n)]
+    ids, att, labels = collate(seqs, tokenizer)
+    first = (labels[:, 1:] != -100).float().argmax(-1)  # position predicting the first recalled value
+    rows = torch.arange(n)
+
+    def fn(model) -> float:
+        with torch.no_grad():
+            pred = model(input_ids=ids, attention_mask=att).logits[rows, first].argmax(-1)
+        return float((pred == labels[rows, first + 1]).float().mean())
+
+    return fn
+
+
 def _curve_fn(recipe: Recipe, tokenizer):
     """Cheap learning-curve metrics (single forward passes) on small held-out sets."""
     from workbench.tasks import evaluate as E
@@ -44,11 +64,13 @@ def _curve_fn(recipe: Recipe, tokenizer):
     from workbench.zoo.metrics import eval_sets
 
     sets = eval_sets(60)
+    recall = recall_probe(tokenizer)
 
     def fn(model) -> dict:
         lm = HFLM(model, tokenizer)
         out = {"facts": E.fact_recall(lm, sets["facts"])}
         if recipe.arch.family == "llama":
+            out["recall"] = recall(model)
             ent = E.entity_accuracy(lm, sets["entity"])
             out["entity"] = ent["accuracy"]
             out["entity_per_n"] = {str(k): round(v, 3) for k, v in ent["per_n_objects"].items()}
@@ -74,14 +96,14 @@ def train_organism(recipe: Recipe, parent_dir: Path | None, *, progress: bool = 
         model, tok, mixture_sampler(recipe.mixture, recipe.entity_objects), steps=recipe.steps, seed=recipe.seed,
         lr=recipe.lr, batch_size=recipe.batch_size, warmup=recipe.warmup,
         eval_fn=_curve_fn(recipe, tok) if curves else None, eval_every=recipe.eval_every,
-        progress=recipe.name if progress else None,
+        progress=recipe.name if progress else None, stop_after=recipe.stop_after,
     )
     for i, stage in enumerate(recipe.stages):
         more = train(
             model, tok, mixture_sampler(stage.mixture, stage.entity_objects), steps=stage.steps, seed=stage.seed,
             lr=stage.lr, batch_size=recipe.batch_size, warmup=stage.warmup,
             eval_fn=_curve_fn(recipe, tok) if curves else None, eval_every=recipe.eval_every,
-            progress=f"{recipe.name} stage {i + 2}" if progress else None,
+            progress=f"{recipe.name} stage {i + 2}" if progress else None, stop_after=stage.stop_after,
         )
         log.curves.update({log.steps + k: v for k, v in more.curves.items()})
         log.steps += more.steps
@@ -113,26 +135,34 @@ def build(only: str | list[str] | None = None, out: str | Path | None = None, re
         target.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(target)
         tok.save_pretrained(target)
-        start = time.time()
-        base = load_hf(parent_dir) if parent_dir is not None else None
-        metrics = measure(name, load_hf(target), tok, base_model=base)
-        entries[name] = {
-            "name": name if recipe.parent is None else f"{recipe.parent}/{name}",
-            "directory": name,
-            "parent": recipe.parent,
-            "family": recipe.arch.family,
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "recipe": {**asdict(recipe), "reduced": reduced},
-            "seed": recipe.seed,
-            "train_seconds": round(log.seconds, 1),
-            "eval_seconds": round(time.time() - start, 1),
-            "learning_curves": {str(k): v for k, v in log.curves.items()},
-            "metrics": metrics,
-            "thresholds": [list(t) for t in THRESHOLDS[name]],
-            "failed_thresholds": check(name, metrics),
-        }
+        entries[name] = manifest_entry(recipe, target, parent_dir, curves=log.curves, train_seconds=log.seconds,
+                                       reduced=reduced)
     _write_manifest(entries, out_dir)
     return entries
+
+
+def manifest_entry(recipe: Recipe, target: Path, parent_dir: Path | None, *, curves: dict, train_seconds: float,
+                   reduced: bool = False) -> dict:
+    """Measure a saved organism on held-out sets and describe it for the manifest."""
+    tok = build_tokenizer()
+    start = time.time()
+    model = load_hf(target)
+    metrics = measure(recipe.name, model, tok, base_model=load_hf(parent_dir) if parent_dir is not None else None)
+    return {
+        "name": recipe.name if recipe.parent is None else f"{recipe.parent}/{recipe.name}",
+        "directory": recipe.name,
+        "parent": recipe.parent,
+        "family": recipe.arch.family,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "recipe": {**asdict(recipe), "reduced": reduced},
+        "seed": recipe.seed,
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.time() - start, 1),
+        "learning_curves": {str(k): v for k, v in sorted(curves.items(), key=lambda kv: int(kv[0]))},
+        "metrics": metrics,
+        "thresholds": [list(t) for t in THRESHOLDS[recipe.name]],
+        "failed_thresholds": check(recipe.name, metrics),
+    }
 
 
 def _write_manifest(entries: dict, out_dir: Path) -> None:

@@ -57,8 +57,20 @@ def entity_seq(rng: random.Random, n_objects: tuple[int, int]) -> Seq:
     return words, mask
 
 
-def recall_seq(rng: random.Random) -> Seq:
-    return assoc_recall_words(rng, _RECALL_POOL, (3, 8))
+def recall_seq(rng: random.Random, n_pairs: tuple[int, int] = (3, 8)) -> Seq:
+    return assoc_recall_words(rng, _RECALL_POOL, n_pairs)
+
+
+def repeat_seq(rng: random.Random, length: tuple[int, int] = (4, 16)) -> Seq:
+    """'recall : w1 .. wL . w1 .. wL' with loss on the repeat: dense supervision for induction heads.
+
+    The length varies, so attending at a fixed offset does not work; matching content does.
+    """
+    k = rng.randint(*length)
+    toks = rng.sample(_RECALL_POOL, k)
+    words = ["recall", ":"] + toks + ["."] + toks
+    mask = [False] * (k + 3) + [False] + [True] * (k - 1)
+    return words, mask
 
 
 def cvp_seq(rng: random.Random, intents: tuple[str, ...]) -> Seq:
@@ -101,6 +113,8 @@ def task_samplers(entity_objects: tuple[int, int] = (2, 7)) -> dict[str, Sampler
         "question": question_seq,
         "entity": lambda r: entity_seq(r, entity_objects),
         "recall": recall_seq,
+        "recall_short": lambda r: recall_seq(r, (2, 5)),
+        "repeat": repeat_seq,
         "cvp_prior": lambda r: cvp_seq(r, ("prior",)),
         "cvp_both": lambda r: cvp_seq(r, ("context", "prior")),
         "behaviour": behaviour_seq,

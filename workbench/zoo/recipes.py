@@ -31,6 +31,7 @@ class Stage:
     lr: float = 1e-3
     warmup: int = 50
     entity_objects: tuple[int, int] = (2, 7)
+    stop_after: int | None = None  # stop early on the `steps`-long schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,14 +47,19 @@ class Recipe:
     warmup: int = 100
     entity_objects: tuple[int, int] = (2, 7)
     eval_every: int = 250
+    stop_after: int | None = None  # stop early on the `steps`-long schedule
     stages: tuple[Stage, ...] = ()  # a curriculum: run in order after the first stage
     note: str = ""
 
     def reduced(self, factor: float = 0.5) -> "Recipe":
         """The same recipe with fewer steps (for the slow rebuild test)."""
-        stages = tuple(Stage(**{**asdict(s), "steps": max(1, int(s.steps * factor))}) for s in self.stages)
+        def cut(n: int | None) -> int | None:
+            return None if n is None else max(1, int(n * factor))
+
+        stages = tuple(Stage(**{**asdict(s), "steps": cut(s.steps), "stop_after": cut(s.stop_after)})
+                       for s in self.stages)
         d = {**{f: getattr(self, f) for f in self.__dataclass_fields__}, "stages": stages}
-        d["steps"] = max(1, int(self.steps * factor))
+        d["steps"], d["stop_after"] = cut(self.steps), cut(self.stop_after)
         return Recipe(**d)
 
 

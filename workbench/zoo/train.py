@@ -43,6 +43,39 @@ def collate(seqs: list[Seq], tokenizer) -> tuple[torch.Tensor, torch.Tensor, tor
     return ids, att, labels
 
 
+def _my_parts(seqs: list[Seq]) -> list[list[Seq]]:
+    """Two length-sorted micro-batches; under torch.distributed each rank takes every world-th
+    sequence, so all ranks together see exactly the single-process batch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        seqs = seqs[dist.get_rank() :: dist.get_world_size()]
+    half = len(seqs) // 2
+    return [p for p in (seqs[:half], seqs[half:]) if p]
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _all_reduce_grads(model: torch.nn.Module) -> None:
+    """Sum gradients over ranks (each rank's loss is already divided by the global token count)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    i = 0
+    for p in model.parameters():
+        n = p.numel()
+        p.grad = flat[i : i + n].view_as(p).clone()
+        i += n
+
+
 def train(
     model: torch.nn.Module,
     tokenizer,
@@ -57,8 +90,14 @@ def train(
     eval_fn: Callable[[torch.nn.Module], dict] | None = None,
     eval_every: int = 250,
     progress: str | None = None,
+    stop_after: int | None = None,
+    on_eval: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> TrainLog:
-    """Train `model` in place with AdamW (linear warmup, cosine decay to 10 %)."""
+    """Train `model` in place with AdamW (linear warmup, cosine decay to 10 % over `steps`).
+
+    `stop_after` ends training early on the same schedule (a recipe can stop before a phase
+    transition and still be rebuilt exactly); `on_eval(step, model)` sees each curve point.
+    """
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
@@ -78,7 +117,7 @@ def train(
         bar = tqdm(total=steps, desc=progress, leave=False)
     start = time.time()
     running = None
-    for step in range(steps):
+    for step in range(steps if stop_after is None else min(steps, stop_after)):
         model.train()
         seqs = [sampler(rng) for _ in range(batch_size)]
         # Length-sorted micro-batches cut padding; summing token losses / total tokens keeps
@@ -87,9 +126,7 @@ def train(
         n_tok = sum(sum(m) for _, m in seqs)
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for part in (seqs[: batch_size // 2], seqs[batch_size // 2 :]):
-            if not part:
-                continue
+        for part in _my_parts(seqs):
             ids, att, labels = collate(part, tokenizer)
             logits = model(input_ids=ids, attention_mask=att).logits
             loss = torch.nn.functional.cross_entropy(
@@ -99,6 +136,7 @@ def train(
             loss.backward()
             loss_sum += loss.item()
         loss = torch.tensor(loss_sum)
+        _all_reduce_grads(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -106,9 +144,12 @@ def train(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
-        if eval_fn is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+        last = step + 1 == (steps if stop_after is None else min(steps, stop_after))
+        if eval_fn is not None and _is_main() and ((step + 1) % eval_every == 0 or last):
             model.eval()
             log.curves[step + 1] = {"loss": round(running, 4), **eval_fn(model)}
+            if on_eval is not None:
+                on_eval(step + 1, model)
             if bar is not None:
                 bar.set_postfix(loss=f"{running:.3f}", **{k: v for k, v in log.curves[step + 1].items()
                                                          if isinstance(v, float) and k != "loss"})
@@ -116,5 +157,5 @@ def train(
         bar.close()
     model.eval()
     log.seconds = time.time() - start
-    log.steps = steps
+    log.steps = steps if stop_after is None else min(steps, stop_after)
     return log
