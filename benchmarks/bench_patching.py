@@ -33,7 +33,7 @@ def _inputs(subject, label: str, n: int):
         fresh_ids = subject.tokenize(list(ef.prompts)).input_ids
         correct, wrong = eb.answers, ef.answers
     else:
-        P = 12 if QUICK else 16
+        P = int(os.environ.get("BENCH_PATCHING_TOKENS", 12 if QUICK else 16))
         clean = torch.randint(4, 1000, (n, P), generator=g)
         clean[:, 0] = 1
         fresh_ids = torch.randint(4, 1000, (n, P), generator=g)
