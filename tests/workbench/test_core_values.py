@@ -124,9 +124,6 @@ def test_guard_detects_a_changed_weight_and_an_active_intervention(request):
         cm.__exit__(None, None, None)
 
 
-@pytest.mark.xfail(strict=True, reason="tests/conftest.py has no package: pytest loads it as module `conftest`, so "
-                   "`from tests.conftest import track` gets a second copy whose list the guard never reads "
-                   "(use tests.tiny.guard_track, or add tests/__init__.py)")
 def test_track_imported_from_tests_conftest_feeds_the_guard(request):
     import tests.conftest as imported
 
