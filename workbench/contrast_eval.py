@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workbench.contrast import _check_pair, contrastive_generate, iterative_cge, prompt_ids
+from workbench.contrast import Decoding, _check_pair, contrastive_generate, iterative_cge, prompt_ids
 from workbench.contrast_decode import hf_twin
 from workbench.models import ModelPair
 from workbench.results import Result
@@ -145,13 +145,16 @@ def plain_sample(subject, *, n: int, max_new_tokens: int, seed: int, prompt: str
 
 def exploration_eval(pair: ModelPair, judge: Callable[[str], Any], *, domains: Sequence[str], n: int = 20,
                      seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] = METHODS, max_new_tokens: int = 24,
-                     alpha: float = 0.1, gamma: float = 1.0, lr: float = 1e-3, steps_per_example: int = 1,
+                     alpha: float = 0.1, gamma: float = 1.0, decoding: Decoding = "sample", num_beams: int = 4,
+                     lr: float = 1e-3, steps_per_example: int = 1,
                      optimizer: Literal["adam", "sgd"] = "adam", prompt: str | None = None,
                      progress: bool | None = None) -> ExplorationEval:
     """Run each method for `n` generations per seed and judge every text.
 
-    Static CGE samples n at once; iterative CGE generates n one by one (each after a step on
-    the base copy); the baselines sample n from the tuned / base model.
+    Static CGE generates n at once (with `decoding="beam"`: the n best hypotheses of one beam
+    search of max(num_beams, n) beams); iterative CGE generates n one by one (each after a step
+    on the base copy; with beam search, each is the best of `num_beams`); the baselines sample n
+    from the tuned / base model.
     """
     _check_pair(pair)
     if not callable(judge):
@@ -171,18 +174,20 @@ def exploration_eval(pair: ModelPair, judge: Callable[[str], Any], *, domains: S
     jobs = [(m, s) for m in methods for s in seeds]
     for m, s in tqdm(jobs, desc="exploration eval", disable=not progress if progress is not None else None,
                      leave=False):
-        kw = dict(n=n, max_new_tokens=max_new_tokens, alpha=alpha, gamma=gamma, seed=s, prompt=prompt)
-        scores: list[float] = [float("nan")] * n
+        kw = dict(n=n, max_new_tokens=max_new_tokens, alpha=alpha, gamma=gamma, seed=s, prompt=prompt,
+                  decoding=decoding)
+        scores: list[float] = []
         if m == "cge":
-            r = contrastive_generate(pair, **kw)
+            r = contrastive_generate(pair, num_beams=max(num_beams, n), **kw)
             texts, scores = r.texts, r.scores
         elif m == "iterative_cge":
             r = iterative_cge(pair, lr=lr, steps_per_example=steps_per_example, optimizer=optimizer,
-                              progress=False, **kw)
+                              num_beams=num_beams, progress=False, **kw)
             texts, scores = r.texts, r.scores
         else:
             subj = pair.tuned if m == "tuned_sampling" else pair.base
             texts = plain_sample(subj, n=n, max_new_tokens=max_new_tokens, seed=s, prompt=prompt)
+            scores = [float("nan")] * len(texts)
         labels = judge_labels(judge, texts)
         for i, (t, lab, sc) in enumerate(zip(texts, labels, scores, strict=True)):
             gen_rows.append(dict(method=m, seed=s, index=i, text=t, label=lab if isinstance(lab, str) else
@@ -191,6 +196,7 @@ def exploration_eval(pair: ModelPair, judge: Callable[[str], Any], *, domains: S
                          coverage=coverage(labels, domains), first_full_coverage=first_full_coverage(labels, domains),
                          coverage_auc=coverage_auc(labels, domains)))
     cfg = dict(n=n, seeds=seeds, methods=list(methods), max_new_tokens=max_new_tokens, alpha=alpha, gamma=gamma,
+               decoding=decoding, num_beams=num_beams,
                lr=lr, steps_per_example=steps_per_example, optimizer=optimizer, prompt=prompt,
                judge=getattr(judge, "__name__", repr(judge)), pair=repr(pair))
     return ExplorationEval(frame=pd.DataFrame(rows), generations=pd.DataFrame(gen_rows), domains=domains, config=cfg)

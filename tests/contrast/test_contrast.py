@@ -272,3 +272,15 @@ def test_other_families(family):
     rb = contrastive_generate(p, n=2, max_new_tokens=4, decoding="beam", num_beams=3)
     assert len(rb) >= 1
 
+
+
+def test_same_numbers_on_the_nnsight_engine(pair):
+    src = {s.name: s.source for s in pair}
+    nn_pair = wb.ModelPair(track(wb.load(src["tiny-base"], engine="nnsight")),
+                           track(wb.load(src["tiny-tuned"], engine="nnsight")))
+    a = contrastive_generate(pair, n=4, max_new_tokens=8, seed=5)
+    b = contrastive_generate(nn_pair, n=4, max_new_tokens=8, seed=5)
+    assert a.token_ids == b.token_ids
+    torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), atol=1e-4, rtol=0)
+    ns_a, ns_b = novelty_scores(pair, a.texts), novelty_scores(nn_pair, a.texts)
+    assert ns_a.scores == pytest.approx(ns_b.scores, abs=1e-4)
