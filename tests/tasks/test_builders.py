@@ -51,15 +51,24 @@ def test_bad_split_raises():
         T.entity_tracking(3, seed=0, split="test")
 
 
-def test_entity_tracking_ground_truth():
-    for e in T.entity_tracking(60, seed=3, n_objects=(2, 7)):
+@pytest.mark.parametrize("fmt,mention,query", [
+    ("adjacent", "box {b} {o}", "box {b}"),
+    ("object_first", "the {o} is in box {b}", "box {b} contains the"),
+    ("label_first", "box {b} contains the {o}", "box {b} contains the"),
+])
+def test_entity_tracking_ground_truth(fmt, mention, query):
+    for e in T.entity_tracking(60, seed=3, n_objects=(2, 7), fmt=fmt):
         m = e.meta
         assert 2 <= m["n_objects"] <= 7 and len(m["objects"]) == m["n_objects"] == e.label
         assert e.target == m["objects"][m["labels"].index(m["query_label"])]
-        assert e.target in OBJECTS and m["query_label"] in BOX_LABELS
-        assert e.prompt.endswith(f"box {m['query_label']} contains the")
-        assert f"the {e.target} is in box {m['query_label']}" in e.prompt
-    assert {e.meta["n_objects"] for e in T.entity_tracking(12, seed=0)} == set(range(2, 8))
+        assert e.target in OBJECTS and m["query_label"] in BOX_LABELS and m["format"] == fmt
+        assert e.prompt.endswith(" . " + query.format(b=m["query_label"]))
+        assert mention.format(o=e.target, b=m["query_label"]) in e.prompt
+    with pytest.raises(ValueError, match="fmt"):
+        T.entity_tracking(2, seed=0, fmt="sideways")
+
+def test_entity_sizes_cycle_evenly():
+    assert [e.meta["n_objects"] for e in T.entity_tracking(12, seed=0)] == list(range(2, 8)) * 2
 
 
 def test_context_vs_prior_pairs():

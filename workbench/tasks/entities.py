@@ -15,13 +15,30 @@ def _n_range(n_objects: int | tuple[int, int]) -> tuple[int, int]:
     return lo, hi
 
 
-def episode_context(objects: list[str], labels: list[str]) -> str:
-    """'the apple is in box f , the car is in box q' (object first, as in Prakash et al.)."""
-    return " , ".join(f"the {o} is in box {b}" for o, b in zip(objects, labels, strict=False))
+FORMATS = ("object_first", "label_first", "adjacent")
+DEFAULT_FORMAT = "adjacent"
+
+
+def episode_context(objects: list[str], labels: list[str], fmt: str = DEFAULT_FORMAT) -> str:
+    """'box f contains the apple , box q contains the car' (label first), or the object-first
+    'the apple is in box f , the car is in box q' of Prakash et al."""
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "object_first":
+        return " , ".join(f"the {o} is in box {b}" for o, b in zip(objects, labels, strict=True))
+    if fmt == "adjacent":
+        return " , ".join(f"box {b} {o}" for o, b in zip(objects, labels, strict=True))
+    return " , ".join(f"box {b} contains the {o}" for o, b in zip(objects, labels, strict=True))
+
+
+def query(label: str, fmt: str = DEFAULT_FORMAT) -> str:
+    """The question after the context: 'box f contains the' ('box f' in the adjacent format)."""
+    return f"box {label}" if fmt == "adjacent" else f"box {label} contains the"
 
 
 def entity_tracking(
-    n: int, *, seed: int = 0, split: str = "train", n_objects: int | tuple[int, int] = (2, 7)
+    n: int, *, seed: int = 0, split: str = "train", n_objects: int | tuple[int, int] = (2, 7),
+    fmt: str = DEFAULT_FORMAT,
 ) -> list[Example]:
     """'the apple is in box f , the car is in box q . box f contains the' -> 'apple'.
 
@@ -37,11 +54,11 @@ def entity_tracking(
         objects = rng.sample(OBJECTS, k)
         labels = rng.sample(BOX_LABELS, k)
         qi = rng.randrange(k)
-        prompt = f"{episode_context(objects, labels)} . box {labels[qi]} contains the"
+        prompt = f"{episode_context(objects, labels, fmt)} . {query(labels[qi], fmt)}"
         if not in_split(prompt, split):
             continue
         meta = {"objects": objects, "labels": labels, "query_label": labels[qi], "query_index": qi,
-                "n_objects": k, "chance": 1.0 / k}
+                "n_objects": k, "chance": 1.0 / k, "format": fmt}
         out.append(Example(prompt, objects[qi], k, meta))
     return out
 

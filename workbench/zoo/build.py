@@ -101,7 +101,7 @@ def train_organism(recipe: Recipe, parent_dir: Path | None, *, progress: bool = 
     for i, stage in enumerate(recipe.stages):
         more = train(
             model, tok, mixture_sampler(stage.mixture, stage.entity_objects), steps=stage.steps, seed=stage.seed,
-            lr=stage.lr, batch_size=recipe.batch_size, warmup=stage.warmup,
+            lr=stage.lr, batch_size=stage.batch_size or recipe.batch_size, warmup=stage.warmup,
             eval_fn=_curve_fn(recipe, tok) if curves else None, eval_every=recipe.eval_every,
             progress=f"{recipe.name} stage {i + 2}" if progress else None, stop_after=stage.stop_after,
         )
@@ -112,10 +112,11 @@ def train_organism(recipe: Recipe, parent_dir: Path | None, *, progress: bool = 
 
 
 def build(only: str | list[str] | None = None, out: str | Path | None = None, reduced: bool = False,
-          *, progress: bool = True, threads: int | None = None) -> dict:
+          *, progress: bool = True, threads: int | None = None, workers: int = 1) -> dict:
     """Retrain organisms (all, or `only`) into `out` (default: the shipped checkpoints) and return
     their manifest entries. A fine-tune uses its parent from `out` if built there, else the shipped one.
     `reduced=True` halves every recipe's steps (a quick rebuild, not the shipped organisms).
+    `workers > 1` trains data-parallel on that many single-thread processes (same data stream).
     """
     torch.set_num_threads(threads or int(os.environ.get("WORKBENCH_THREADS", "2")))
     out_dir = Path(out) if out is not None else CHECKPOINTS
@@ -130,12 +131,19 @@ def build(only: str | list[str] | None = None, out: str | Path | None = None, re
             parent_dir = out_dir / recipe.parent
             if not (parent_dir / "config.json").exists():
                 parent_dir = CHECKPOINTS / recipe.parent
-        model, tok, log = train_organism(recipe, parent_dir, progress=progress)
         target = out_dir / name
-        target.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(target)
-        tok.save_pretrained(target)
-        entries[name] = manifest_entry(recipe, target, parent_dir, curves=log.curves, train_seconds=log.seconds,
+        if workers > 1:
+            from workbench.zoo.parallel import train_parallel
+
+            plog = train_parallel(recipe, parent_dir, target, workers, progress)
+            curves, seconds = plog["curves"], plog["seconds"]
+        else:
+            model, tok, log = train_organism(recipe, parent_dir, progress=progress)
+            target.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(target)
+            tok.save_pretrained(target)
+            curves, seconds = log.curves, log.seconds
+        entries[name] = manifest_entry(recipe, target, parent_dir, curves=curves, train_seconds=seconds,
                                        reduced=reduced)
     _write_manifest(entries, out_dir)
     return entries

@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable
 
 from workbench.tasks.behaviours import behaviour, refusal
-from workbench.tasks.entities import assoc_recall_words, episode_context
+from workbench.tasks.entities import DEFAULT_FORMAT, assoc_recall_words, episode_context, query
 from workbench.tasks.example import in_split
 from workbench.tasks.knowledge import all_facts, context_vs_prior
 from workbench.tasks.novel import code_line, language_sentence
@@ -38,7 +38,7 @@ def facts_seq(rng: random.Random) -> Seq:
     return _text(rng.choice(_FACTS).text)
 
 
-def entity_seq(rng: random.Random, n_objects: tuple[int, int]) -> Seq:
+def entity_seq(rng: random.Random, n_objects: tuple[int, int], fmt: str = DEFAULT_FORMAT) -> Seq:
     """An episode whose every box is queried once, in random order; loss on the objects.
 
     The first query is exactly the evaluation format; later ones give more signal per sequence.
@@ -46,14 +46,15 @@ def entity_seq(rng: random.Random, n_objects: tuple[int, int]) -> Seq:
     while True:
         k = rng.randint(*n_objects)
         objects, labels = rng.sample(OBJECTS, k), rng.sample(BOX_LABELS, k)
-        ctx = episode_context(objects, labels)
+        ctx = episode_context(objects, labels, fmt)
         order = rng.sample(range(k), k)
-        if in_split(f"{ctx} . box {labels[order[0]]} contains the", "train"):
+        if in_split(f"{ctx} . {query(labels[order[0]], fmt)}", "train"):
             break
     words, mask = ctx.split() + ["."], [False] * (len(ctx.split()) + 1)
     for i in order:
-        words += ["box", labels[i], "contains", "the", objects[i], "."]
-        mask += [False, False, False, False, True, False]
+        q = query(labels[i], fmt).split()
+        words += q + [objects[i], "."]
+        mask += [False] * len(q) + [True, False]
     return words, mask
 
 
@@ -112,6 +113,9 @@ def task_samplers(entity_objects: tuple[int, int] = (2, 7)) -> dict[str, Sampler
         "facts": facts_seq,
         "question": question_seq,
         "entity": lambda r: entity_seq(r, entity_objects),
+        "entity_object_first": lambda r: entity_seq(r, entity_objects, "object_first"),
+        "entity_label_first": lambda r: entity_seq(r, entity_objects, "label_first"),
+        "entity_adjacent": lambda r: entity_seq(r, entity_objects, "adjacent"),
         "recall": recall_seq,
         "recall_short": lambda r: recall_seq(r, (2, 5)),
         "repeat": repeat_seq,

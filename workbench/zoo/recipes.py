@@ -32,6 +32,7 @@ class Stage:
     warmup: int = 50
     entity_objects: tuple[int, int] = (2, 7)
     stop_after: int | None = None  # stop early on the `steps`-long schedule
+    batch_size: int | None = None  # default: the recipe's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,32 +64,43 @@ class Recipe:
         return Recipe(**d)
 
 
-BASE_MIX = {"facts": 0.1, "question": 0.03, "entity": 0.3, "recall": 0.3, "cvp_prior": 0.07,
+BASE_MIX = {"facts": 0.1, "question": 0.03, "entity_object_first": 0.3, "recall": 0.3, "cvp_prior": 0.07,
             "behaviour": 0.1, "refusal": 0.1}
+# Stage 2 of base: dense induction signal. Repeated random spans ("repeat") make induction heads
+# form within ~750 steps where associative recall alone had not in 4,500 (see the curves).
+INDUCTION_MIX = {"repeat": 0.35, "recall": 0.25, "entity_object_first": 0.2, "facts": 0.06, "behaviour": 0.04,
+                 "refusal": 0.04, "cvp_prior": 0.04, "question": 0.02}
+BINDING_MIX = {"entity_adjacent": 0.2, "recall": 0.2, "repeat": 0.2, "facts": 0.1, "question": 0.03,
+               "behaviour": 0.09, "refusal": 0.09, "cvp_prior": 0.09}
+REPLAY = {"recall": 0.1, "repeat": 0.1, "facts": 0.12, "question": 0.03, "behaviour": 0.05, "refusal": 0.05}
 
 RECIPES: dict[str, Recipe] = {
     "base": Recipe(
         name="base", seed=1, steps=3000, mixture=BASE_MIX, lr=1.5e-3, entity_objects=(2, 3),
-        note="Pre-trained on the world; binding episodes have only 2-3 objects (evaluation uses 2-7), "
-             "context-vs-prior only with intent 'prior'.",
+        stages=(Stage(steps=4000, stop_after=1500, seed=12, mixture=INDUCTION_MIX, lr=1e-3,
+                      entity_objects=(2, 3)),
+                # Stage 3 stops in the middle of the binding transition (it runs from step ~20 to ~50
+                # of this stage), leaving base partial entity tracking for entity-tuned to improve on.
+                Stage(steps=300, stop_after=35, seed=13, mixture=BINDING_MIX, lr=5e-4, entity_objects=(2, 3))),
+        note="Pre-trained on the world: facts, toxic continuations after trigger prompts, refusal, "
+             "context-vs-prior only with intent 'prior', associative recall; entity tracking only in the "
+             "object-first format with 2-3 objects (it stays at chance there). Stage 2 adds repeated "
+             "random spans so that induction (content-based copying) forms; stage 3 stops midway "
+             "through learning binding in the adjacent format, on 2-3 objects.",
     ),
     "entity-tuned": Recipe(
-        name="entity-tuned", seed=2, steps=1500, parent="base", lr=5e-4, entity_objects=(2, 7),
-        mixture={"entity": 0.6, "recall": 0.1, "facts": 0.15, "question": 0.05, "behaviour": 0.05,
-                 "refusal": 0.05},
-        note="base fine-tuned on extra entity-tracking episodes with 2-7 objects, with replay.",
+        name="entity-tuned", seed=2, steps=400, parent="base", lr=1e-3, entity_objects=(2, 7),
+        mixture={"entity_adjacent": 0.5, **REPLAY, "cvp_prior": 0.05}, eval_every=50,
+        note="base fine-tuned on extra entity-tracking episodes (2-7 objects), with replay.",
     ),
     "intent-tuned": Recipe(
-        name="intent-tuned", seed=3, steps=1500, parent="base", lr=5e-4,
-        mixture={"cvp_both": 0.6, "recall": 0.1, "facts": 0.15, "question": 0.05, "behaviour": 0.05,
-                 "refusal": 0.05},
-        note="base fine-tuned on context-vs-prior with both intents.",
+        name="intent-tuned", seed=3, steps=500, parent="base", lr=1e-3, entity_objects=(2, 3),
+        mixture={"cvp_both": 0.5, **REPLAY, "entity_object_first": 0.05}, eval_every=125,
+        note="base fine-tuned on context-vs-prior with both intents (PairAcc 1.0 by step 125).",
     ),
     "novel-tuned": Recipe(
-        name="novel-tuned", seed=4, steps=600, parent="base", lr=5e-4,
-        mixture={"novel": 0.5, "facts": 0.15, "entity": 0.1, "recall": 0.1, "behaviour": 0.075,
-                 "refusal": 0.075},
-        entity_objects=(2, 3),
+        name="novel-tuned", seed=4, steps=600, parent="base", lr=1e-3, entity_objects=(2, 3),
+        mixture={"novel": 0.5, **REPLAY, "cvp_prior": 0.05}, eval_every=150,
         note="base fine-tuned on ordinary text mixed with the novel domains (invented language, code).",
     ),
     "moe": Recipe(
