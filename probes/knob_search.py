@@ -18,7 +18,14 @@ Attention outputs are what move information *into* the last position, so patchin
 layer makes the last-token stream the source's: the search looks for the few layers where the
 intent word's information is read in. Binary search assumes that patching more layers never
 moves the answer less; whatever the function, it ends on a boundary (the set passes, the set one
-layer smaller fails), which the tests check. Cost: ceil(log2 L) + ceil(log2 U) patched passes.
+layer smaller fails), which the tests check. Cost: ceil(log2 L) + ceil(log2 U) patched passes
+(+1 for the ceiling below).
+
+`criterion="relative"` (default) compares with tau times the *ceiling*, the mean p(source) when
+every layer is patched, which equals the source prompt's own p(its answer) exactly (the last
+token's stream becomes the source's). The paper's absolute tau=0.85 assumes 7-9B models that are
+> 0.85 sure of both answers; a small organism that is right but 0.78 sure on average could never
+pass it, at any layer. `criterion="absolute"` is the paper's rule.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ class LayerSearch(Result):
     n_layers: int
     tau: float
     phi: float
+    criterion: str
+    threshold: float        # what mean p(source) must exceed: tau (absolute) or tau x ceiling (relative)
     lower: int              # B
     upper: int              # U (exclusive): [B, U) moves the answer
     added: tuple[int, ...]  # later layers that overwrite the signal (drop > phi)
@@ -62,7 +71,7 @@ class LayerSearch(Result):
 
     @property
     def n_patched_passes(self) -> int:
-        return int(sum(s != "clean" for s in self.stages))
+        return int(sum(s != "clean" for s in self.stages))  # the ceiling pass counts
 
     @property
     def site(self) -> Site:
@@ -92,14 +101,15 @@ class LayerSearch(Result):
         for i, lab in enumerate(labels):
             fig.add_trace(go.Scatter(x=list(range(self.n_layers)), y=self.readout[i], mode="lines+markers",
                                      name=lab), 1, 2)
-        fig.add_hline(y=self.tau, line_dash="dash", row=1, col=2)
+        fig.add_hline(y=self.threshold, line_dash="dash", row=1, col=2)
         fig.update_yaxes(autorange="reversed", row=1, col=1)
         fig.update_layout(title=f"{self.subject}: layer search, range {list(self.layers)} "
-                                f"({self.n_patched_passes} patched passes, tau={self.tau})")
+                                f"({self.n_patched_passes} patched passes, threshold {self.threshold:.2f})")
         return fig
 
 
 def search_layers(subject, pairs: IntentPairs, *, tau: float = 0.85, phi: float = 0.05,
+                  criterion: Literal["relative", "absolute"] = "relative",
                   keep: Literal["confident", "all"] = "confident", batch_size: int = 64,
                   progress: bool = False) -> LayerSearch:
     """Find the layers whose attention moves the intent into the last token (see module doc)."""
@@ -111,6 +121,8 @@ def search_layers(subject, pairs: IntentPairs, *, tau: float = 0.85, phi: float 
         raise ValueError(f"phi: expected 0 <= phi < 1, got {phi!r}")
     if keep not in ("confident", "all"):
         raise ValueError(f"keep: expected 'confident' or 'all', got {keep!r}")
+    if criterion not in ("relative", "absolute"):
+        raise ValueError(f"criterion: expected 'relative' or 'absolute', got {criterion!r}")
     for ly in range(subject.arch.n_layers):
         subject.check_site(Site(ly, "attn_out"))
     pairs.check_lengths(subject)
@@ -141,9 +153,10 @@ def search_layers(subject, pairs: IntentPairs, *, tau: float = 0.85, phi: float 
         return p
 
     f((), "clean")
-    upper = bisect_upper(lambda U: f(tuple(range(U)), "upper"), L, tau)
-    reached = f(tuple(range(upper)), "upper") > tau
-    lower = bisect_lower(lambda B: f(tuple(range(B, upper)), "lower"), upper, tau) if reached else 0
+    thr = tau * f(tuple(range(L)), "ceiling") if criterion == "relative" else tau
+    upper = bisect_upper(lambda U: f(tuple(range(U)), "upper"), L, thr)
+    reached = f(tuple(range(upper)), "upper") > thr
+    lower = bisect_lower(lambda B: f(tuple(range(B, upper)), "lower"), upper, thr) if reached else 0
     # 3. later layers whose decoded p(source) drops by > phi overwrite the signal
     core = tuple(range(lower, upper))
     f(core, "lower")
@@ -152,7 +165,8 @@ def search_layers(subject, pairs: IntentPairs, *, tau: float = 0.85, phi: float 
     if added:
         f(tuple(sorted(set(core) | set(added))), "final")
     bar.close()
-    return LayerSearch(subject=subject.name, n_layers=L, tau=float(tau), phi=float(phi), lower=lower, upper=upper,
+    return LayerSearch(subject=subject.name, n_layers=L, tau=float(tau), phi=float(phi), criterion=criterion,
+                       threshold=float(thr), lower=lower, upper=upper,
                        added=added, reached=bool(reached), stages=tuple(stages),
                        patched=np.stack([r[0] for r in rows]), p_source=np.array([r[1] for r in rows]),
                        readout=np.stack([r[2] for r in rows]), n_items=len(targets),

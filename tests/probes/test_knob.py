@@ -153,10 +153,14 @@ def test_search_ends_on_a_boundary_and_is_drawable(subject, pairs, tmp_path):
     run = _Patcher(subject, tg, src, ans, batch_size=64)
     L = subject.arch.n_layers
     # a tau between "nothing" and "everything" patched, so the search has something to find
-    tau = (run(())[0] + run(tuple(range(L)))[0]) / 2
-    s = search_layers(subject, pairs, tau=tau, keep="all")
-    assert s.reached and s.n_patched_passes <= 2 * math.ceil(math.log2(L)) + 2
+    p_none, p_all = run(())[0], run(tuple(range(L)))[0]
     f = lambda layers: run(tuple(layers))[0]  # noqa: E731
+    rel = search_layers(subject, pairs, tau=(p_none / p_all + 1) / 2, keep="all")  # relative to the ceiling
+    assert rel.threshold == pytest.approx((p_none + p_all) / 2, rel=1e-5) and "ceiling" in rel.stages
+    s = search_layers(subject, pairs, tau=(p_none + p_all) / 2, criterion="absolute", keep="all")
+    assert s.threshold == s.tau and (rel.lower, rel.upper) == (s.lower, s.upper)
+    tau = s.threshold
+    assert s.reached and s.n_patched_passes <= 2 * math.ceil(math.log2(L)) + 2
     assert f(range(s.upper)) > tau and (s.upper == 1 or f(range(s.upper - 1)) <= tau)
     assert f(range(s.lower, s.upper)) > tau and (s.lower == s.upper - 1 or f(range(s.lower + 1, s.upper)) <= tau)
     assert set(s.layers) >= set(range(s.lower, s.upper)) and s.site == Site(s.upper - 1, "resid_post")
@@ -256,6 +260,8 @@ def test_bad_input(subject, pairs, world_pairs):
         fit_knob(subject, list(pairs.prompt_ctx), SITE)
     with pytest.raises(ValueError, match="tau"):
         search_layers(subject, pairs, tau=1.5)
+    with pytest.raises(ValueError, match="criterion"):
+        search_layers(subject, pairs, criterion="paper")
     k = fit_knob(subject, pairs, SITE, method="diff_means", keep="all", random_seeds=(), grid=[0.0])
     with pytest.raises(ValueError, match="size d_model"):
         separation(dataclasses.replace(k, direction=torch.ones(subject.arch.d_model + 3)), subject, pairs)
