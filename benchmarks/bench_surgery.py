@@ -6,8 +6,9 @@ the gate weights. Rows: `fit` (score every gate row + global top-k: the pass ove
 `apply+revert` of a fitted edit (writes only the chosen rows), and the two together. K is 1 % of
 all gate rows, as in the paper (16,384 of 32 x 11,008). Memory is the bytes torch allocates
 during the operation (profiler, `profile_memory=True`), since CPU torch has no peak counter.
-Times are medians of *process CPU time* (all threads): on a shared machine wall time mostly
-measures the neighbours; the wall-clock median is reported alongside.
+Times are medians of single-threaded *process CPU time*: on a shared machine wall time mostly
+measures the neighbours, and idle OpenMP threads spin (which CPU time would count), so the bench
+runs with one torch thread and restores the setting; the wall-clock median is reported alongside.
 """
 
 from __future__ import annotations
@@ -77,11 +78,16 @@ def _bench(label: str, path) -> list[dict]:
 
 def main() -> list[dict]:
     rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     models = [("large-llama-8x512", large_llama())]
     if organism("base") is not None:
         models.insert(0, ("organism:base", organism("base")))
-    for label, path in models:
-        rows += _bench(label, path)
+    try:
+        for label, path in models:
+            rows += _bench(label, path)
+    finally:
+        torch.set_num_threads(threads)
     return rows
 
 

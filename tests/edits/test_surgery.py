@@ -212,3 +212,23 @@ def test_evaluate_surgery_has_every_control(subject, tmp_path):
     assert list(f["seed"].iloc[2:4]) == [0, 1] and (f["one"] == 1.0).all()
     assert 0 <= res.rate("surgery") <= 1 and len(res.plot().data) >= 1
     assert SurgeryEval.load(res.save(tmp_path / "s")).to_frame().equals(f)
+
+
+def test_surgery_grid_and_the_validation_rule(subject):
+    from edits.surgery import SurgeryGrid, alpha_for, surgery_grid
+
+    w = _w(subject)
+    a = alpha_for(subject, w, 2.0)
+    rows = torch.cat([subject.params.gate(ly) for ly in range(subject.arch.n_layers)])
+    assert a * float(w.norm()) == pytest.approx(2.0 * float(rows.norm(dim=1).mean()), rel=1e-5)
+    g = surgery_grid(subject, w, TEXTS, lambda t: "apple" in t.split(), tasks={"one": lambda s: 1.0},
+                     n_rows=(2, 4), scales=(1.0, 2.0), max_new_tokens=3)
+    assert len(g.to_frame()) == 4 and set(g.baseline) == {"behaviour_rate", "one"}
+    # The rule, on a hand-made grid: lowest rate among settings within max_drop on every task.
+    hand = SurgeryGrid(({"n_rows": 8, "scale": 1.0, "alpha": 1.0, "behaviour_rate": 0.1, "cap": 0.5},
+                        {"n_rows": 4, "scale": 1.0, "alpha": 1.0, "behaviour_rate": 0.3, "cap": 0.99},
+                        {"n_rows": 2, "scale": 1.0, "alpha": 1.0, "behaviour_rate": 0.3, "cap": 0.985}),
+                       {"behaviour_rate": 0.6, "cap": 1.0})
+    assert hand.best(0.02)["n_rows"] == 2  # 8 rows breaks capability; tie on rate -> fewer rows
+    with pytest.raises(ValueError, match="no setting"):
+        hand.best(0.001)
