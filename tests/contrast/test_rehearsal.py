@@ -35,3 +35,18 @@ def test_rehearsal_cge_detects_rare_novel_content(rehearsal_eval):
     assert mean["base_sampling"] <= 0.1, summary
     it = f[f.method == "iterative_cge"]
     assert (it["first_full_coverage"] <= 20).all(), summary
+
+
+@pytest.mark.slow
+def test_rehearsal_iterative_beam_covers_more_than_static_beam():
+    import workbench as wb
+    from workbench import tasks
+    from workbench.contrast_eval import exploration_eval
+
+    base_dir, tuned_dir = mini_pair_dirs(0.1)
+    pair = wb.ModelPair(track(wb.load(base_dir)), track(wb.load(tuned_dir)))
+    ev = exploration_eval(pair, tasks.novel_domain, domains=tasks.NOVEL_DOMAINS, n=8, seeds=(0,),
+                          methods=("cge", "iterative_cge"), decoding="beam", num_beams=4, lr=1e-3)
+    f = ev.to_frame().set_index("method")
+    assert f.loc["iterative_cge", "coverage_auc"] > f.loc["cge", "coverage_auc"], f.to_string()
+    assert f.loc["iterative_cge", "coverage"] == 1.0, f.to_string()
