@@ -29,7 +29,8 @@ def command(host: str = "127.0.0.1", port: int = 8501, headless: bool = True) ->
             "--browser.gatherUsageStats", "false",
             "--server.maxUploadSize", "20",
             "--server.fileWatcherType", "none",
-            "--global.developmentMode", "false"]
+            "--global.developmentMode", "false",
+            "--client.toolbarMode", "minimal"]
 
 
 def serve(host: str = "127.0.0.1", port: int = 8501, headless: bool = True) -> None:

@@ -97,9 +97,14 @@ def knob(key: str, _pair, layer: int, method: str, n: int, keep: str):
 
 # --- circuits -------------------------------------------------------------------------------------
 def entity_examples(n: int, n_objects: int, seed: int = 0):
+    """Entity-tracking episodes in the format `workbench.circuits.entity_batch` reads (object first:
+    '... box f contains the' -> 'apple', query label at position -3)."""
+    import inspect
+
     from workbench import tasks
 
-    return tasks.entity_tracking(n, seed=seed, split="eval", n_objects=n_objects)
+    kw = {"fmt": "object_first"} if "fmt" in inspect.signature(tasks.entity_tracking).parameters else {}
+    return tasks.entity_tracking(n, seed=seed, split="eval", n_objects=n_objects, **kw)
 
 
 @st.cache_data(show_spinner="Activation patching...", max_entries=8)

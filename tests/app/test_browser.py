@@ -88,10 +88,16 @@ def browser_page(server, tmp_path_factory):
 
 
 def settle(page) -> None:
-    """Wait until the script run is over (the status widget disappears) and the page has drawn."""
-    page.wait_for_timeout(800)
-    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=LONG)
-    page.wait_for_timeout(800)
+    """Wait until the script run is over: the status widget ("Running...") shows up, then goes."""
+    from playwright.sync_api import TimeoutError as PwTimeout
+
+    status = page.locator('[data-testid="stStatusWidget"]')
+    try:
+        status.wait_for(state="visible", timeout=5000)
+    except PwTimeout:
+        pass  # a fast run can be over before we look
+    status.wait_for(state="hidden", timeout=LONG)
+    page.wait_for_timeout(500)
 
 
 def no_errors(page, name: str) -> None:
@@ -102,8 +108,10 @@ def no_errors(page, name: str) -> None:
 
 
 def choose(page, label: str, option: str) -> None:
-    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
-    box.locator("div[data-baseweb='select']").click()
+    box = page.get_by_role("combobox", name=label, exact=True)
+    if box.input_value() == option:
+        return
+    box.click()
     page.get_by_role("option", name=option, exact=True).click()
     settle(page)
 
@@ -119,27 +127,40 @@ def goto(page, title: str) -> None:
 
 
 def shoot(page, name: str) -> None:
+    """Screenshot the whole page: Streamlit scrolls inside its main block, not the document, so
+    the viewport is grown to the content's height for the shot."""
     ARTIFACTS.mkdir(exist_ok=True)
+    h = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
+                      " m.scrollTo(0, 0); return m.scrollHeight; }")
+    page.set_viewport_size({"width": 1400, "height": int(min(max(1000, h + 40), 8000))})
+    page.wait_for_timeout(1500)  # plotly redraws at the new size
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
 
-def charts(page) -> int:
-    return page.locator('[data-testid="stPlotlyChart"]').count()
+def wait_charts(page, n: int) -> None:
+    """Wait until at least n plotly charts are drawn (a loaded machine can take minutes)."""
+    page.wait_for_function(f"document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length >= {n}",
+                           timeout=LONG)
+    settle(page)
 
 
 def test_every_page_in_chromium(server, browser_page):
+    from playwright.sync_api import expect
+
     page = browser_page
     page.goto(server)
+    page.get_by_role("combobox", name="pair", exact=True).wait_for()  # the first run imports torch: slow
     settle(page)
     choose(page, "pair", PAIR)
     no_errors(page, "start")
 
     # 1 Overview: the weight diff renders; run DARE and Graft.
     goto(page, "Overview")
-    assert charts(page) >= 3
+    wait_charts(page, 3)
     click(page, "Run DARE and Graft")
     no_errors(page, "overview")
-    assert charts(page) >= 5
+    wait_charts(page, 5)
     shoot(page, "1_overview")
 
     # 2 Activations: type a prompt, the KL strip and the lens follow it.
@@ -148,30 +169,30 @@ def test_every_page_in_chromium(server, browser_page):
     box.fill("jack screamed at the guard and said")
     box.press("Enter")
     settle(page)
+    expect(page.locator(".kl-tokens")).to_contain_text("guard", timeout=LONG)
     no_errors(page, "activations")
-    assert "guard" in page.locator(".kl-tokens").inner_text()
-    assert charts(page) >= 5
+    wait_charts(page, 5)
     shoot(page, "2_activations")
 
     # 3 Probes & knob: probe both models.
     goto(page, "Probes & knob")
     click(page, "Probe both models")
     no_errors(page, "probes")
-    assert charts(page) >= 1
+    wait_charts(page, 1)
     shoot(page, "3_probes")
 
     # 4 Circuits: patching heatmaps and the CMAP table.
     goto(page, "Circuits")
     click(page, "Patch")
     no_errors(page, "circuits")
-    assert charts(page) >= 3
+    wait_charts(page, 3)
     shoot(page, "4_circuits")
 
     # 5 Novelty: contrastive generations, tokens coloured by score.
     goto(page, "Novelty")
     click(page, "Generate")
     no_errors(page, "novelty")
-    assert page.locator(".cge-row").count() >= 1
+    expect(page.locator(".cge-row").first).to_be_visible(timeout=LONG)
     shoot(page, "5_novelty")
 
     # 6 Edits: fit Model Surgery and apply it to the private copy.
@@ -179,7 +200,7 @@ def test_every_page_in_chromium(server, browser_page):
     click(page, "Fit Model Surgery on the tuned model")
     click(page, "Apply to my copy")
     no_errors(page, "edits")
-    assert "edit applied" in page.locator("body").inner_text()
+    expect(page.get_by_text("edit applied")).to_be_visible(timeout=LONG)
     shoot(page, "6_edits")
 
     # 7 Experts: needs a mixture-of-experts pair.
@@ -188,5 +209,5 @@ def test_every_page_in_chromium(server, browser_page):
     click(page, "Run fTRI")
     click(page, "Generate")
     no_errors(page, "experts")
-    assert charts(page) >= 1
+    wait_charts(page, 1)
     shoot(page, "7_experts")
