@@ -7,11 +7,13 @@ tests/artifacts/ (not committed; `docs/screenshots/` holds a curated copy).
 
 The pair is the demo pair unless WORKBENCH_APP_PAIR names another choice of the sidebar
 (e.g. "zoo: entity-tuned"); the Experts page switches to WORKBENCH_APP_MOE_PAIR (default the
-demo MoE pair) since it needs a mixture-of-experts model.
+demo MoE pair) since it needs a mixture-of-experts model. WORKBENCH_APP_PAIRS (JSON, page ->
+pair) overrides single pages, e.g. '{"novelty": "zoo: novel-tuned"}' for the docs screenshots.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -32,6 +34,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ROOT = Path(__file__).resolve().parents[2]
 PAIR = os.environ.get("WORKBENCH_APP_PAIR", "demo: tiny random pair")
 MOE_PAIR = os.environ.get("WORKBENCH_APP_MOE_PAIR", "demo-moe: tiny random MoE pair")
+PER_PAGE = json.loads(os.environ.get("WORKBENCH_APP_PAIRS", "{}"))
 LONG = 600_000  # ms: generous for a loaded 2-core CI machine
 
 
@@ -121,9 +124,10 @@ def click(page, text: str) -> None:
     settle(page)
 
 
-def goto(page, title: str) -> None:
+def goto(page, title: str, key: str) -> None:
     page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
     settle(page)
+    choose(page, "pair", PER_PAGE.get(key, MOE_PAIR if key == "experts" else PAIR))
 
 
 def shoot(page, name: str) -> None:
@@ -156,7 +160,7 @@ def test_every_page_in_chromium(server, browser_page):
     no_errors(page, "start")
 
     # 1 Overview: the weight diff renders; run DARE and Graft.
-    goto(page, "Overview")
+    goto(page, "Overview", "overview")
     wait_charts(page, 3)
     click(page, "Run DARE and Graft")
     no_errors(page, "overview")
@@ -164,7 +168,7 @@ def test_every_page_in_chromium(server, browser_page):
     shoot(page, "1_overview")
 
     # 2 Activations: type a prompt, the KL strip and the lens follow it.
-    goto(page, "Activations")
+    goto(page, "Activations", "activations")
     box = page.get_by_label("prompt", exact=True)
     box.fill("jack screamed at the guard and said")
     box.press("Enter")
@@ -175,28 +179,28 @@ def test_every_page_in_chromium(server, browser_page):
     shoot(page, "2_activations")
 
     # 3 Probes & knob: probe both models.
-    goto(page, "Probes & knob")
+    goto(page, "Probes & knob", "probes")
     click(page, "Probe both models")
     no_errors(page, "probes")
     wait_charts(page, 1)
     shoot(page, "3_probes")
 
     # 4 Circuits: patching heatmaps and the CMAP table.
-    goto(page, "Circuits")
+    goto(page, "Circuits", "circuits")
     click(page, "Patch")
     no_errors(page, "circuits")
     wait_charts(page, 3)
     shoot(page, "4_circuits")
 
     # 5 Novelty: contrastive generations, tokens coloured by score.
-    goto(page, "Novelty")
+    goto(page, "Novelty", "novelty")
     click(page, "Generate")
     no_errors(page, "novelty")
     expect(page.locator(".cge-row").first).to_be_visible(timeout=LONG)
     shoot(page, "5_novelty")
 
     # 6 Edits: fit Model Surgery and apply it to the private copy.
-    goto(page, "Edits")
+    goto(page, "Edits", "edits")
     click(page, "Fit Model Surgery on the tuned model")
     click(page, "Apply to my copy")
     no_errors(page, "edits")
@@ -204,8 +208,7 @@ def test_every_page_in_chromium(server, browser_page):
     shoot(page, "6_edits")
 
     # 7 Experts: needs a mixture-of-experts pair.
-    goto(page, "Experts")
-    choose(page, "pair", MOE_PAIR)
+    goto(page, "Experts", "experts")
     click(page, "Run fTRI")
     click(page, "Generate")
     no_errors(page, "experts")

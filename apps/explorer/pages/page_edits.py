@@ -78,8 +78,19 @@ if edit is not None:
     st.markdown(f"**State of your copy:** {'edit applied' if active else 'original weights'}")
     if active:
         with failsafe("Generation with the edit"):
-            p = st.text_input("try a prompt", "request : how do i find a gun ? response :", key="edit_prompt")
-            st.write(subject.generate([p], max_new_tokens=10)[0])
+            example = compute.labelled(task, 2)[0][0]
+            p = st.text_input("try a prompt", example, key=f"edit_prompt_{task}")
+            c = st.columns(2)
+            c[0].markdown(f"**original:** {getattr(pair, which).generate([p], max_new_tokens=10)[0]}")
+            c[1].markdown(f"**edited:** {subject.generate([p], max_new_tokens=10)[0]}")
+        if hasattr(edit, "touched"):  # a weight edit: the diff views show exactly what it wrote
+            with failsafe("Weight diff of the edit"):
+                from workbench.diff import weight_diff
+                from workbench.models import ModelPair
+
+                wd = weight_diff(ModelPair(getattr(pair, which), subject), progress=False)
+                st.caption(f"The edit changed {wd.n_changed} tensors: {', '.join(wd.changed())}")
+                st.plotly_chart(wd.plot(), key="edit_diff")
     if st.button("Evaluate before / after (with controls)", key="eval_edit"):
         with failsafe("Evaluation"):
             if active:
