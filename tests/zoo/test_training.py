@@ -38,7 +38,7 @@ def test_reduced_rebuild_matches_recorded_metrics(tmp_path):
     from workbench import zoo
 
     ref = zoo.info("novel-tuned")["reduced_rebuild_metrics"]
-    got = zoo.build(only="novel-tuned", out=tmp_path, reduced=True, progress=False)["novel-tuned"]["metrics"]
+    got = zoo.build(only="novel-tuned", out=tmp_path, reduced=True, progress=False, threads=1)["novel-tuned"]["metrics"]
     assert abs(got["facts"] - ref["facts"]) <= 0.05
     assert abs(got["toxic_rate_trigger"] - ref["toxic_rate_trigger"]) <= 0.05
     assert abs(got["novel"]["ratio"] / ref["novel"]["ratio"] - 1) <= 0.25

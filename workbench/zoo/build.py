@@ -31,10 +31,36 @@ def canonical(name: str) -> str:
 
 
 def load_hf(directory: Path):
-    """A checkpoint as an fp32 HF model in eval mode (what training and metrics use)."""
-    from transformers import AutoModelForCausalLM
+    """A checkpoint as an fp32 HF model in eval mode (what training and metrics use).
 
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    Builds the model from its config and loads the tensors directly: `from_pretrained` spends
+    seconds converting the per-expert Mixtral layout on disk into fused experts; this does the
+    same conversion in a few tensor ops.
+    """
+    import re
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(directory)
+    torch.manual_seed(0)  # from_config initialises weights; make that irrelevant and cheap to reason about
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    disk = load_file(str(Path(directory) / "model.safetensors"))
+    state: dict[str, torch.Tensor] = {}
+    experts: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    for key, value in disk.items():
+        m = re.match(r"(.*)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$", key)
+        if m:
+            experts.setdefault((m.group(1), int(m.group(2))), {})[m.group(3)] = value
+        else:
+            state[key.replace(".block_sparse_moe.", ".mlp.")] = value
+    for prefix in sorted({p for p, _ in experts}):
+        n = max(e for p, e in experts if p == prefix) + 1
+        parts = [experts[(prefix, e)] for e in range(n)]
+        state[f"{prefix}.mlp.experts.gate_up_proj"] = torch.stack([torch.cat([w["w1"], w["w3"]]) for w in parts])
+        state[f"{prefix}.mlp.experts.down_proj"] = torch.stack([w["w2"] for w in parts])
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.eval()
 
 
 def recall_probe(tokenizer, n: int = 100):
@@ -118,7 +144,15 @@ def build(only: str | list[str] | None = None, out: str | Path | None = None, re
     `reduced=True` halves every recipe's steps (a quick rebuild, not the shipped organisms).
     `workers > 1` trains data-parallel on that many single-thread processes (same data stream).
     """
+    before = torch.get_num_threads()
     torch.set_num_threads(threads or int(os.environ.get("WORKBENCH_THREADS", "2")))
+    try:
+        return _build(only, out, reduced, progress=progress, workers=workers)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _build(only, out, reduced: bool, *, progress: bool, workers: int) -> dict:
     out_dir = Path(out) if out is not None else CHECKPOINTS
     wanted = [canonical(n) for n in ([only] if isinstance(only, str) else only)] if only else list(ORDER)
     entries: dict[str, dict] = {}
