@@ -2,8 +2,8 @@
 skipping) vs TransformerLens's `get_act_patch_resid_pre` (one forward per cell), same model,
 same inputs, numbers checked equal in the same run.
 
-Two corruptions, because the skip depends on them: 'query label' changes one token three
-before the end (the entity-tracking corruption: cells before it are identical and skipped),
+Two corruptions, because the skip depends on them: 'query label' changes one token near the end
+(the entity-tracking corruption: cells before it are identical and skipped),
 'fresh prompt' changes every token (nothing to skip: batching alone).
 """
 
@@ -39,10 +39,11 @@ def _inputs(subject, label: str, n: int):
         fresh_ids = torch.randint(4, 1000, (n, P), generator=g)
         fresh_ids[:, 0] = 1
         correct, wrong = torch.randint(4, 1000, (n,), generator=g), torch.randint(4, 1000, (n,), generator=g)
+    q = -1 if label.startswith("organism") else -3  # the organism's question ends with the query label
     late = clean.clone()
-    late[:, -3] = clean[torch.roll(torch.arange(n), 1), -3]
+    late[:, q] = clean[torch.roll(torch.arange(n), 1), q]
     if torch.equal(late, clean):
-        late[:, -3] = (clean[:, -3] + 1) % subject.arch.d_vocab
+        late[:, q] = (clean[:, q] + 1) % subject.arch.d_vocab
     return clean, {"query label": late, "fresh prompt": fresh_ids}, LogitDiff(correct, wrong)
 
 

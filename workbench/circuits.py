@@ -87,8 +87,9 @@ class EntityBatch:
 
 
 def entity_batch(subject, examples: Sequence[Any]) -> EntityBatch:
-    """Key positions of `workbench.tasks.entity_tracking` examples: 'last', 'query_label', 'earlier'
-    (the query label's mention in the context) and 'object' (the answer's mention)."""
+    """Key positions of `workbench.tasks.entity_tracking` examples (any of its formats): 'last',
+    'query_label' (the label in the question), 'earlier' (its mention in the context) and
+    'object' (the answer's mention)."""
     if not examples:
         raise ValueError("examples: expected at least one entity-tracking example")
     toks = subject.tokenize([e.prompt for e in examples])
@@ -96,15 +97,19 @@ def entity_batch(subject, examples: Sequence[Any]) -> EntityBatch:
         raise ValueError("examples: prompts tokenize to different lengths; use one n_objects per batch")
     P = toks.input_ids.shape[1]
     ids = toks.input_ids
-    label_ids = [subject.tokenizer.convert_tokens_to_ids(e.meta["query_label"]) for e in examples]
-    earlier, obj = [], []
-    for i in range(len(examples)):
-        hits = (ids[i, : P - 3] == label_ids[i]).nonzero().flatten()
-        if len(hits) != 1 or int(ids[i, P - 3]) != label_ids[i]:
-            raise ValueError(f"examples[{i}]: expected the query label once in the context and at position -3")
-        earlier.append(int(hits[0]))
-        obj.append(int(hits[0]) - 4)  # 'the OBJ is in box LABEL'
-    pos = {"last": torch.full((len(examples),), P - 1), "query_label": torch.full((len(examples),), P - 3),
+    # Offset of the object from its label inside one 'box L O' / 'box L contains the O' / 'the O is in box L'.
+    offset = {"adjacent": 1, "label_first": 3, "object_first": -4}
+    query, earlier, obj = [], [], []
+    for i, e in enumerate(examples):
+        label = subject.tokenizer.convert_tokens_to_ids(e.meta["query_label"])
+        hits = (ids[i] == label).nonzero().flatten().tolist()
+        if len(hits) != 2:
+            raise ValueError(f"examples[{i}]: expected the query label once in the context and once in the "
+                             f"question, found it {len(hits)} times")
+        earlier.append(hits[0])
+        query.append(hits[1])
+        obj.append(hits[0] + offset[e.meta.get("format", "object_first")])
+    pos = {"last": torch.full((len(examples),), P - 1), "query_label": torch.tensor(query),
            "earlier": torch.tensor(earlier), "object": torch.tensor(obj)}
     return EntityBatch(tuple(e.prompt for e in examples), answer_ids(subject, [e.target for e in examples]), pos)
 

@@ -36,7 +36,7 @@ DESIDERATA = ("position", "object", "label")
 
 def entity_desideratum(examples: Sequence[Any], kind: str, *, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
     """(base prompts, counterfactual prompts, target words) for `workbench.tasks` entity examples."""
-    from workbench.tasks.entities import episode_context
+    from workbench.tasks.entities import episode_context, query
     from workbench.tasks.vocab import BOX_LABELS, OBJECTS
 
     if kind not in DESIDERATA:
@@ -61,7 +61,8 @@ def entity_desideratum(examples: Sequence[Any], kind: str, *, seed: int = 0) -> 
             c_labs[k] = labs[j]
             c_objs, t = new_objs, objs[j]
         base.append(e.prompt)
-        cf.append(f"{episode_context(c_objs, c_labs)} . box {c_labs[k]} contains the")
+        fmt = e.meta.get("format", "object_first")
+        cf.append(f"{episode_context(c_objs, c_labs, fmt)} . {query(c_labs[k], fmt)}")
         target.append(t)
     return base, cf, target
 

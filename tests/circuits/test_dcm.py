@@ -18,18 +18,23 @@ def test_desiderata(subj, kind):
     assert len(lens) == 1  # counterfactuals align position by position
     for e, c, t in zip(clean, cf, tgt, strict=True):
         objs, labs, i = e.meta["objects"], e.meta["labels"], e.meta["query_index"]
-        q = c.split()[-3]
-        segs = c.split(" . ")[0].split(" , ")
-        k = [s.split()[-1] for s in segs].index(q)
+        ctx, q = c.split(" . ")
+        pairs = [dict(zip(("label", "object"), _segment(sg, e.meta["format"]), strict=True)) for sg in ctx.split(" , ")]
+        q = q.split()[1]
+        k = [p["label"] for p in pairs].index(q)
         assert k != i
         if kind == "position":
             assert t == objs[k] and q not in labs
         elif kind == "object":
-            assert t == segs[k].split()[1] and t not in objs
+            assert t == pairs[k]["object"] and t not in objs
         else:
             j = labs.index(q)
             assert t == objs[j] and j not in (i, k)
 
+
+def _segment(seg: str, fmt: str) -> tuple[str, str]:
+    w = seg.split()
+    return (w[5], w[1]) if fmt == "object_first" else (w[1], w[-1])
 
 def test_dcm_runs_and_keeps_best_rounded_mask(subj, tmp_path):
     clean, _ = entity_pairs(10, 3)

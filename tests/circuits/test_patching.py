@@ -40,16 +40,17 @@ def test_equals_transformer_lens(subj, setup, component, per_position):
 
 def test_shared_prefix_cells_are_skipped_but_still_exact(subj, setup):
     c, _, _, eb = setup
-    # Corrupt only the query label: every cell before it is identical and is not run.
+    # Corrupt only the query label (the last token): every cell before it is identical and is not run.
+    q = int(eb.positions["query_label"][0])
     k = c.clone()
-    k[:, -3] = c[[1, 2, 3, 4, 5, 6, 7, 0], -3]
+    k[:, q] = c[[1, 2, 3, 4, 5, 6, 7, 0], q]
+    assert not torch.equal(k, c)
     metric = ProbCorrect(eb.answers)
     ours = activation_patching(subj, c, k, metric, component="resid_pre")
     ref = tl_act_patch(subj, "resid_pre", c, k, metric)
     torch.testing.assert_close(ours.values, ref.float(), atol=1e-6, rtol=1e-4)
     L, P = ours.values.shape
-    assert ours.n_cells_run == 1 + (L - 1) * 3 < L * P
-
+    assert ours.n_cells_run == 1 + (L - 1) * (P - q) < L * P
 
 def test_batching_does_not_change_numbers(subj, setup):
     c, k, metric, _ = setup

@@ -12,6 +12,7 @@ Two jobs, both engine-level because they spell TransformerLens names:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -54,10 +55,29 @@ def tl_act_patch(subject, component: str, clean_ids: Tensor, corrupt_ids: Tensor
         raise ValueError(f"component: TransformerLens has no sweep for {component!r} (by_pos={by_pos}); "
                          f"expected one of {sorted({c for c, _ in _TL_SWEEPS})}")
     bridge = _bridge(subject)
-    with torch.no_grad():
-        _, clean_cache = bridge.run_with_cache(clean_ids)
+    sites = [Site(layer, component) for layer in range(subject.arch.n_layers)]
+    with torch.no_grad(), _no_leaked_hooks(subject.hf_model):
+        # The clean cache through the Subject (the bridge's run_with_cache leaves hooks behind);
+        # TL's sweep only indexes it by hook name.
+        _, cache = subject.run(clean_ids, cache=sites)
+        clean_cache = {s.tl_name: v for s, v in cache.items()}
         fn = getattr(patching, _TL_SWEEPS[key])
         return fn(bridge, corrupt_ids, clean_cache, metric)
+
+
+@contextmanager
+def _no_leaked_hooks(model: torch.nn.Module):
+    """Remove any torch hook that TransformerLens registers and does not take down again."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+    before = {(id(m), k): set(getattr(m, k)) for m in model.modules() for k in kinds}
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            for k in kinds:
+                d = getattr(m, k)
+                for h in [h for h in d if h not in before.get((id(m), k), set())]:
+                    del d[h]
 
 
 def raw_name(layer: int, kind: str) -> str:
