@@ -163,7 +163,7 @@ def test_search_ends_on_a_boundary_and_is_drawable(subject, pairs, tmp_path):
     assert s.reached and s.n_patched_passes <= 2 * math.ceil(math.log2(L)) + 2
     assert f(range(s.upper)) > tau and (s.upper == 1 or f(range(s.upper - 1)) <= tau)
     assert f(range(s.lower, s.upper)) > tau and (s.lower == s.upper - 1 or f(range(s.lower + 1, s.upper)) <= tau)
-    assert set(s.layers) >= set(range(s.lower, s.upper)) and s.site == Site(s.upper - 1, "resid_post")
+    assert set(s.layers) >= set(range(s.lower, s.upper)) and s.site == Site(s.upper - 1, "resid_mid")
     assert s.patched.shape == (len(s.stages), L) and s.readout.shape == (len(s.stages), L)
     assert len(s.plot().data) == 1 + len(s.stages) and len(s.to_frame()) == len(s.stages) * L
     back = LayerSearch.load(s.save(tmp_path / "s"))
