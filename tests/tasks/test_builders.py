@@ -56,7 +56,7 @@ def test_bad_split_raises():
     ("object_first", "the {o} is in box {b}", "box {b} contains the"),
     ("label_first", "box {b} contains the {o}", "box {b} contains the"),
 ])
-def test_entity_tracking_ground_truth(fmt, mention, query):
+def test_entity_tracking_ground_truth(fmt, mention, query, tok):
     for e in T.entity_tracking(60, seed=3, n_objects=(2, 7), fmt=fmt):
         m = e.meta
         assert 2 <= m["n_objects"] <= 7 and len(m["objects"]) == m["n_objects"] == e.label
@@ -64,6 +64,11 @@ def test_entity_tracking_ground_truth(fmt, mention, query):
         assert e.target in OBJECTS and m["query_label"] in BOX_LABELS and m["format"] == fmt
         assert e.prompt.endswith(" . " + query.format(b=m["query_label"]))
         assert mention.format(o=e.target, b=m["query_label"]) in e.prompt
+        ids = tok(e.prompt)["input_ids"]
+        word = tok.convert_ids_to_tokens
+        assert word(ids[m["query_label_position"]]) == m["query_label"] and m["last_position"] == len(ids) - 1
+        assert [word(ids[p]) for p in m["object_positions"]] == m["objects"]
+        assert [word(ids[p]) for p in m["label_positions"]] == m["labels"]
     with pytest.raises(ValueError, match="fmt"):
         T.entity_tracking(2, seed=0, fmt="sideways")
 

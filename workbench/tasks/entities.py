@@ -36,14 +36,30 @@ def query(label: str, fmt: str = DEFAULT_FORMAT) -> str:
     return f"box {label}" if fmt == "adjacent" else f"box {label} contains the"
 
 
+def _positions(prompt: str, objects: list[str], labels: list[str]) -> dict:
+    """Token positions of the key words (word index + 1 for `<bos>`); the question follows the last '.'."""
+    words = prompt.split()
+    q_start = len(words) - 1 - words[::-1].index(".")
+    ctx = words[:q_start]
+    return {
+        "object_positions": [ctx.index(o) + 1 for o in objects],
+        "label_positions": [max(i for i, w in enumerate(ctx) if w == b and ctx[i - 1] == "box") + 1 for b in labels],
+        "query_label_position": q_start + 3,  # '. box L ...': the label is two words after the '.'
+        "last_position": len(words),
+    }
+
+
 def entity_tracking(
     n: int, *, seed: int = 0, split: str = "train", n_objects: int | tuple[int, int] = (2, 7),
     fmt: str = DEFAULT_FORMAT,
 ) -> list[Example]:
-    """'the apple is in box f , the car is in box q . box f contains the' -> 'apple'.
+    """'box f apple , box q car . box f' -> 'apple' (or another `fmt`, see `episode_context`).
 
     n_objects is cycled evenly over its range so per-size accuracy has equal support.
-    meta: objects, labels (in order), query_label, query_index, n_objects, chance (1/n_objects).
+    meta: objects, labels (in order), query_label, query_index, n_objects, chance (1/n_objects),
+    format, and token positions (counting `<bos>` as 0, no padding): `object_positions`,
+    `label_positions` (each label's mention in the context), `query_label_position` (the label
+    in the question) and `last_position`.
     """
     split = check_split(split)
     lo, hi = _n_range(n_objects)
@@ -58,7 +74,7 @@ def entity_tracking(
         if not in_split(prompt, split):
             continue
         meta = {"objects": objects, "labels": labels, "query_label": labels[qi], "query_index": qi,
-                "n_objects": k, "chance": 1.0 / k, "format": fmt}
+                "n_objects": k, "chance": 1.0 / k, "format": fmt, **_positions(prompt, objects, labels)}
         out.append(Example(prompt, objects[qi], k, meta))
     return out
 
