@@ -233,31 +233,33 @@ def search_groups(subject, clean: Any, corrupt: Any, answers: Any, positions: di
     ('last', 'query_label', 'earlier') to an int or per-row positions."""
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold: expected a relative drop in [0, 1), got {threshold}")
-    missing = [key for _, _, key in spec if key not in positions]
+    missing = [e[2] for e in spec if e[2] not in positions]
     if missing:
-        raise ValueError(f"positions: missing {missing}; expected keys {[key for _, _, key in spec]}")
+        raise ValueError(f"positions: missing {missing}; expected keys {[e[2] for e in spec]}")
     groups: dict[str, tuple[Head, ...]] = {}
     scores: dict[str, PathPatchingResult] = {}
     prev: tuple[Head, ...] = ()
-    for i, (g, kind, key) in enumerate(spec):
-        if i > 0 and not prev:
-            groups[g] = ()
+    for i, entry in enumerate(spec):
+        g, kind, key = entry[:3]
+        # An optional 4th field names the group this one feeds (default: the one before it).
+        into = groups.get(entry[3], ()) if len(entry) > 3 else prev
+        if i > 0 and not into:
+            groups[g] = prev = ()
             continue
         if kind == "logits":
             recv = [Receiver("logits")]
             senders = None
         else:
-            recv = [Receiver(kind, layer, h) for layer, h in prev]
-            lo = min(layer for layer, _ in prev)
-            taken = {hd for hs in groups.values() for hd in hs}
+            recv = [Receiver(kind, layer, h) for layer, h in into]
+            lo = min(layer for layer, _ in into)
+            # A head may sit in two groups at different positions, not twice at one position.
+            taken = {hd for gg, hs in groups.items() for hd in hs if dict((e[0], e[2]) for e in spec)[gg] == key}
             senders = [(layer, h) for layer in range(lo) for h in range(subject.arch.n_heads) if (layer, h) not in taken]
             if not senders:
-                groups[g] = ()
-                prev = ()
+                groups[g] = prev = ()
                 continue
         res = path_patching(subject, clean, corrupt, answers, sender_pos=positions[key], receivers=recv,
                             receiver_pos=positions[key], senders=senders, progress=progress, position_name=key)
         scores[g] = res
-        groups[g] = res.top(threshold, max_heads)
-        prev = groups[g]
-    return GroupSearch(groups, {g: key for g, _, key in spec}, scores, threshold)
+        groups[g] = prev = res.top(threshold, max_heads)
+    return GroupSearch(groups, {e[0]: e[2] for e in spec}, scores, threshold)
