@@ -42,3 +42,40 @@ def test_reduced_rebuild_matches_recorded_metrics(tmp_path):
     assert abs(got["facts"] - ref["facts"]) <= 0.05
     assert abs(got["toxic_rate_trigger"] - ref["toxic_rate_trigger"]) <= 0.05
     assert abs(got["novel"]["ratio"] / ref["novel"]["ratio"] - 1) <= 0.25
+
+
+def _tiny(monkeypatch, name: str = "novel-tuned"):
+    import dataclasses
+
+    from workbench.zoo.recipes import RECIPES
+
+    monkeypatch.setitem(RECIPES, name, dataclasses.replace(RECIPES[name], steps=3, eval_every=2, batch_size=4))
+
+
+@pytest.mark.slow
+def test_build_writes_checkpoint_and_manifest(tmp_path, monkeypatch):
+    import json
+
+    from workbench import zoo
+
+    _tiny(monkeypatch)
+    entry = zoo.build(only="base/novel-tuned", out=tmp_path, progress=False, threads=1)["novel-tuned"]
+    assert (tmp_path / "novel-tuned" / "model.safetensors").exists()
+    written = json.loads((tmp_path / "manifest.json").read_text())["organisms"]["novel-tuned"]
+    assert written["recipe"]["steps"] == 3 and sorted(written["learning_curves"]) == ["2", "3"]
+    assert json.loads(json.dumps(entry["metrics"])) == written["metrics"] and "novel" in entry["metrics"]
+    assert entry["parent"] == "base" and entry["name"] == "base/novel-tuned"
+
+
+@pytest.mark.slow
+def test_parallel_build_follows_the_single_process_run(tmp_path, monkeypatch):
+    """Two gloo ranks see the same data stream as one process: weights agree to float rounding."""
+    from workbench import zoo
+    from workbench.zoo.build import load_hf
+
+    _tiny(monkeypatch)
+    zoo.build(only="novel-tuned", out=tmp_path / "one", progress=False, threads=1)
+    zoo.build(only="novel-tuned", out=tmp_path / "two", progress=False, threads=1, workers=2)
+    a, b = load_hf(tmp_path / "one" / "novel-tuned"), load_hf(tmp_path / "two" / "novel-tuned")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(x, y, atol=1e-5), k
