@@ -36,6 +36,13 @@ from workbench.diff_weights import module_of
 from workbench.results import Result
 from workbench.sites import Site
 
+try:  # routing capture (one hook per router module); the fallback below reads router hooks itself
+    from workbench.routing import capture_routing
+
+    _HAS_CAPTURE = True
+except ImportError:  # pragma: no cover - an older checkout without workbench.routing
+    _HAS_CAPTURE = False
+
 
 # --- the read-out -------------------------------------------------------------------------------
 def _owner(model: nn.Module, param: nn.Parameter) -> nn.Module:
@@ -271,6 +278,11 @@ def _chosen_experts(subject, toks, layers: Sequence[int]) -> dict[int, Tensor]:
     return {layer: v[0] for layer, v in sink.items()}
 
 
+def _share(counts: Tensor) -> np.ndarray:
+    """Counts of routed slots per (layer, expert) -> share of that layer's routed slots."""
+    return (counts / counts.sum(-1, keepdim=True).clamp(min=1e-30)).numpy()
+
+
 @torch.no_grad()
 def _usage(subject, toks, layers: Sequence[int], counts: Tensor) -> None:
     chosen = _chosen_experts(subject, toks, layers)
@@ -312,9 +324,13 @@ def diff_lens(pair, texts: Sequence[str] | str, *, k: int = 10, n_components: in
             sum_dnorm[i] += d.norm(dim=-1).sum()
             sum_bnorm[i] += hb.double().norm(dim=-1).sum()
             raw[i].append(d.float())
-        if moe:
+        if moe and not _HAS_CAPTURE:
             _usage(pair.base, toks, moe, counts["base"])
             _usage(pair.tuned, toks, moe, counts["tuned"])
+    if moe and _HAS_CAPTURE:  # the routing actually used, switches included (workbench.routing)
+        for role, s in (("base", pair.base), ("tuned", pair.tuned)):
+            r = capture_routing(s, texts, layers=moe, batch_size=batch_size, keep_logits=False, progress=False)
+            counts[role] += r.frequency("count").double()
     logit_diff = ((sum_normed / max(n, 1)).to(w.dtype) @ w.T).double().numpy()
     kk = min(k, a.d_vocab)
     tok = pair.base.tokenizer
@@ -331,8 +347,7 @@ def diff_lens(pair, texts: Sequence[str] | str, *, k: int = 10, n_components: in
             explained[i, :len(ev)] = ev
     ub = ut = None
     if moe:
-        ub = (counts["base"] / counts["base"].sum(-1, keepdim=True).clamp(min=1)).numpy()
-        ut = (counts["tuned"] / counts["tuned"].sum(-1, keepdim=True).clamp(min=1)).numpy()
+        ub, ut = _share(counts["base"]), _share(counts["tuned"])
     ratio = (sum_dnorm / sum_bnorm.clamp(min=1e-30)).numpy()
     return DiffLens(base=pair.base.name, tuned=pair.tuned.name, layers=tuple(layers), logit_diff=logit_diff,
                     promoted=promoted, suppressed=suppressed, explained=explained, diff_ratio=ratio,

@@ -252,3 +252,17 @@ def test_diff_lens_finds_a_planted_token_and_expert_shift():
     assert np.allclose(dl.usage_tuned.sum(-1), 1) and dl.experts_frame()["shift"].abs().sum() > 0
     with pytest.raises(ValueError, match="texts"):
         diff_lens(ModelPair(s, t), [])
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_expert_usage_matches_routing_capture(family):
+    """The router-hook fallback of diff_lens counts the same experts as workbench.routing."""
+    from workbench.lens import _share, _usage
+    from workbench.routing import capture_routing
+
+    s = tiny_subject(family)
+    layers = list(s.arch.moe_layers)
+    counts = torch.zeros(len(layers), s.arch.n_experts, dtype=torch.float64)
+    _usage(s, s.tokenize(TEXTS), layers, counts)
+    ref = capture_routing(s, TEXTS, layers=layers, keep_logits=False, progress=False).frequency("count")
+    assert np.allclose(_share(counts), (ref / ref.sum(-1, keepdim=True)).numpy(), atol=1e-6)
