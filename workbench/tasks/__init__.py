@@ -9,11 +9,12 @@ from workbench.tasks.entities import entity_tracking
 from workbench.tasks.example import Example
 from workbench.tasks.judges import is_refusal, is_toxic, novel_domain
 from workbench.tasks.knowledge import context_vs_prior, facts
+from workbench.tasks.lm import HFLM, greedy_generate
 from workbench.tasks.novel import novel
 from workbench.tasks.tokenizer import build_tokenizer
 from workbench.tasks.vocab import NOVEL_DOMAINS, TOXIC_LEXICON
 
 __all__ = [
-    "NOVEL_DOMAINS", "TOXIC_LEXICON", "Example", "behaviour", "build_tokenizer", "context_vs_prior",
+    "HFLM", "NOVEL_DOMAINS", "TOXIC_LEXICON", "Example", "behaviour", "greedy_generate", "build_tokenizer", "context_vs_prior",
     "entity_tracking", "facts", "is_refusal", "is_toxic", "novel", "novel_domain", "refusal",
 ]
