@@ -96,24 +96,29 @@ def knob(key: str, _pair, layer: int, method: str, n: int, keep: str):
 
 
 # --- circuits -------------------------------------------------------------------------------------
-def entity_examples(n: int, n_objects: int, seed: int = 0):
-    """Entity-tracking episodes in the format `workbench.circuits.entity_batch` reads (object first:
-    '... box f contains the' -> 'apple', query label at position -3)."""
-    import inspect
-
+def entity_examples(n: int, n_objects: int, seed: int = 0, fmt: str | None = None):
     from workbench import tasks
 
-    kw = {"fmt": "object_first"} if "fmt" in inspect.signature(tasks.entity_tracking).parameters else {}
+    kw = {} if fmt is None else {"fmt": fmt}
     return tasks.entity_tracking(n, seed=seed, split="eval", n_objects=n_objects, **kw)
+
+
+def entity_batch(subject, n: int, n_objects: int):
+    """Episodes in the task's default format if `workbench.circuits.entity_batch` can read its key
+    positions, else in the object-first format of Prakash et al. (label at position -3)."""
+    from workbench.circuits import entity_batch as f
+
+    try:
+        return f(subject, entity_examples(n, n_objects))
+    except ValueError:
+        return f(subject, entity_examples(n, n_objects, fmt="object_first"))
 
 
 @st.cache_data(show_spinner="Activation patching...", max_entries=8)
 def patching(key: str, _pair, n: int, n_objects: int, component: str):
-    from workbench.circuits import entity_batch
     from workbench.patching import ProbCorrect, activation_patching
 
-    ex = entity_examples(n, n_objects)
-    batch = entity_batch(_pair.base, ex)
+    batch = entity_batch(_pair.base, n, n_objects)
     prompts = list(batch.prompts)
     corrupt = prompts[1:] + prompts[:1]  # another episode of the same length: a different answer
     out = {}
@@ -125,19 +130,18 @@ def patching(key: str, _pair, n: int, n_objects: int, component: str):
 
 @st.cache_data(show_spinner="Cross-model activation patching...", max_entries=8)
 def cmap_layers(key: str, _pair, n: int, n_objects: int, component: str):
-    from workbench.circuits import entity_batch
     from workbench.cmap import cmap_layers as f
 
-    batch = entity_batch(_pair.base, entity_examples(n, n_objects))
+    batch = entity_batch(_pair.base, n, n_objects)
     return f(_pair, list(batch.prompts), batch.answers, component=component)
 
 
 @st.cache_data(show_spinner="CMAP for the picked heads...", max_entries=8)
 def cmap_heads(key: str, _pair, n: int, n_objects: int, groups: tuple[tuple[str, tuple[tuple[int, int], ...], str], ...]):
-    from workbench.circuits import Circuit, entity_batch
+    from workbench.circuits import Circuit
     from workbench.cmap import cmap
 
-    batch = entity_batch(_pair.base, entity_examples(n, n_objects))
+    batch = entity_batch(_pair.base, n, n_objects)
     circuit = Circuit(groups={g: heads for g, heads, _ in groups}, positions={g: pos for g, _, pos in groups})
     return cmap(_pair, list(batch.prompts), batch.answers, circuit, batch.positions)
 

@@ -22,6 +22,8 @@ DEMO = "demo: tiny random pair"
 DEMO_MOE = "demo-moe: tiny random MoE pair"
 LOCAL = "two local HF checkpoints / hub ids"
 PROMPT_SETS = ("mixed", "entity tracking", "facts", "behaviour", "refusal", "novel", "custom")
+# The task each organism was tuned on: the first prompt set shown for it.
+DEFAULT_SET = {"entity-tuned": "entity tracking", "novel-tuned": "novel", "moe": "refusal"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def zoo_choices() -> list[str]:
         except Exception:  # noqa: BLE001
             continue
         out.append(f"zoo: {name}" if parent is not None else f"zoo: {name} (vs itself)")
-    return out
+    return sorted(out, key=lambda c: c.endswith("(vs itself)"))  # tuned pairs first
 
 
 def pair_choices() -> list[str]:
@@ -94,7 +96,8 @@ def load_pair(choice: str, base_path: str = "", tuned_path: str = "", engine: st
 
         name = choice.removeprefix("zoo: ").removesuffix(" (vs itself)")
         if choice.endswith("(vs itself)"):
-            return ModelPair(zoo.load(name, engine=engine), zoo.load(name, engine=engine, name=f"{name} (copy)"))
+            path = str(zoo.path(name))
+            return ModelPair(load(path, engine=engine, name=name), load(path, engine=engine, name=f"{name} (copy)"))
         return zoo.pair(name, engine=engine)
     if choice in (DEMO, DEMO_MOE):
         from apps.explorer.demo import demo_pair_paths
@@ -165,7 +168,7 @@ def sidebar() -> Ctx:
     engine = sb.selectbox("engine", ["tl", "nnsight"], index=["tl", "nnsight"].index(_remember("engine", "tl")),
                           key="engine")
     sb.markdown("### Prompt set")
-    ps = _remember("prompt_set", "mixed")
+    ps = _remember("prompt_set", next((v for k, v in DEFAULT_SET.items() if k in choice), "mixed"))
     prompt_set = sb.selectbox("prompts", PROMPT_SETS, index=PROMPT_SETS.index(ps), key="prompt_set")
     if prompt_set == "custom":
         raw = sb.text_area("one prompt per line", _remember("custom_prompts", "the apple is in box a . box a contains the"),

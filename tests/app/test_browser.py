@@ -128,6 +128,7 @@ def goto(page, title: str, key: str) -> None:
     page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
     settle(page)
     choose(page, "pair", PER_PAGE.get(key, MOE_PAIR if key == "experts" else PAIR))
+    no_errors(page, f"{key} (pair loaded)")
 
 
 def shoot(page, name: str) -> None:

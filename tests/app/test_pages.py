@@ -189,3 +189,15 @@ def test_launcher_binds_localhost_by_default():
     assert cmd[cmd.index("--server.port") + 1] == "8501"
     with pytest.raises(ValueError, match="port"):
         command(port=0)
+
+
+def test_zoo_pairs_are_offered_and_load():
+    """The shipped organisms appear in the picker (tuned pairs first) and a self-pair loads."""
+    from apps.explorer.state import zoo_choices
+
+    choices = zoo_choices()
+    assert choices[:3] == ["zoo: entity-tuned", "zoo: intent-tuned", "zoo: novel-tuned"]
+    assert "zoo: moe (vs itself)" in choices
+    at = page("experts", "zoo: moe (vs itself)")
+    clean(at)
+    assert at.get("form")  # the fTRI form: the MoE organism loaded as a pair with itself
