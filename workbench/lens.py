@@ -179,7 +179,8 @@ class DiffLens(Result):
 
     @property
     def usage_shift(self) -> np.ndarray | None:
-        return None if self.usage_base is None else self.usage_tuned - self.usage_base
+        ub, ut = self.usage_base, self.usage_tuned
+        return None if ub is None or ut is None else ut - ub
 
     def to_frame(self) -> pd.DataFrame:
         rows = []
@@ -199,12 +200,12 @@ class DiffLens(Result):
                              for i, layer in enumerate(self.layers) for c in range(self.explained.shape[1])])
 
     def experts_frame(self) -> pd.DataFrame:
-        if self.usage_base is None:
+        ub, ut = self.usage_base, self.usage_tuned
+        if ub is None or ut is None:
             return pd.DataFrame(columns=["layer", "expert", "base", "tuned", "shift"])
-        return pd.DataFrame([{"layer": layer, "expert": e, "base": float(self.usage_base[i, e]),
-                              "tuned": float(self.usage_tuned[i, e]),
-                              "shift": float(self.usage_tuned[i, e] - self.usage_base[i, e])}
-                             for i, layer in enumerate(self.moe_layers) for e in range(self.usage_base.shape[1])])
+        return pd.DataFrame([{"layer": layer, "expert": e, "base": float(ub[i, e]), "tuned": float(ut[i, e]),
+                              "shift": float(ut[i, e] - ub[i, e])}
+                             for i, layer in enumerate(self.moe_layers) for e in range(ub.shape[1])])
 
     def plot(self):
         import plotly.graph_objects as go

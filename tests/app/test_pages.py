@@ -8,12 +8,17 @@ import pytest
 from tests.app.conftest import DEMO_MOE, charts, clean, page, widget
 
 
-def test_overview_renders_diff_and_runs_dare_and_graft():
+def test_overview_renders_the_weight_diff():
     at = page("overview")
     clean(at)
     assert charts(at) == 3  # heatmap, spectra, concentration
     assert [m.label for m in at.metric][:2] == ["parameters", "tensors changed"]
     assert at.metric[1].value.startswith("2 / ")  # the demo pair's two planted tensors
+
+
+@pytest.mark.slow
+def test_overview_runs_dare_and_graft():
+    at = page("overview")
     widget(at, "multiselect", "DARE drop fractions p").set_value([0.9])
     widget(at, "multiselect", "Graft fractions (of all entries)").set_value([1e-2])
     widget(at, "slider", "seeds").set_value(1)
@@ -33,12 +38,14 @@ def test_activations_kl_follows_the_typed_prompt():
     assert ">guard<" in html and ">screamed<" in html and "unk" not in html
 
 
+@pytest.mark.slow
 def test_activations_moe_shows_expert_usage_shift():
     at = page("activations", DEMO_MOE)
     clean(at)
     assert charts(at) == 6
 
 
+@pytest.mark.slow
 def test_probes_and_knob():
     at = page("probes")
     clean(at)
