@@ -210,27 +210,28 @@ class FTRI(Result):
 
 def ftri(subject, behaviour_prompts: Sequence[str], control_prompts: Sequence[str], *,
          statistic: Literal["count", "weight"] = "count", group_by: Callable[[str], Any] | None = None,
-         tokens: Literal["prompt", "response", "all"] = "prompt", max_new_tokens: int = 20,
+         tokens: Literal["prompt", "last", "response", "all"] = "prompt", max_new_tokens: int = 20,
          batch_size: int = 64, progress: bool | None = None) -> FTRI:
     """Score every routed expert by how much more the behaviour group routes to it than control.
 
     `group_by(continuation) -> bool` (e.g. `is_refusal`): generate greedily from every prompt of
     both sets and group by the behaviour shown, not by the set a prompt came from. `tokens`: the
-    routing of the prompt's tokens, of the generated response, or of both.
+    routing of the prompt's tokens, of its last token only (where the model decides what to
+    answer), of the generated response, or of prompt and response.
     """
     check_statistic(statistic)
     R.check_moe(subject)
     for name, ps in (("behaviour_prompts", behaviour_prompts), ("control_prompts", control_prompts)):
         if isinstance(ps, str) or not len(ps) or not all(isinstance(p, str) for p in ps):
             raise ValueError(f"{name}: expected a non-empty list of strings")
-    if tokens not in ("prompt", "response", "all"):
-        raise ValueError(f"tokens: expected 'prompt', 'response' or 'all', got {tokens!r}")
+    if tokens not in ("prompt", "last", "response", "all"):
+        raise ValueError(f"tokens: expected 'prompt', 'last', 'response' or 'all', got {tokens!r}")
     if group_by is not None and not callable(group_by):
         raise ValueError(f"group_by: expected a callable continuation -> bool, got {type(group_by).__name__}")
     prompts = list(behaviour_prompts) + list(control_prompts)
     source = [1] * len(behaviour_prompts) + [0] * len(control_prompts)
     conts: list[str] = []
-    if group_by is not None or tokens != "prompt":
+    if group_by is not None or tokens in ("response", "all"):
         for i in range(0, len(prompts), batch_size):
             conts += subject.generate(prompts[i:i + batch_size], max_new_tokens=max_new_tokens)
     group = [int(bool(group_by(c))) for c in conts] if group_by is not None else source
@@ -238,10 +239,13 @@ def ftri(subject, behaviour_prompts: Sequence[str], control_prompts: Sequence[st
         shown = "every" if sum(group) else "no"
         raise ValueError(f"group_by: the model shows the behaviour on {shown} prompt, so there is no "
                          f"{'control' if sum(group) else 'behaviour'} group to compare against")
-    texts = prompts if tokens == "prompt" else [f"{p} {c}".strip() for p, c in zip(prompts, conts, strict=True)]
+    texts = prompts if tokens in ("prompt", "last") else [f"{p} {c}".strip() for p, c in zip(prompts, conts, strict=True)]
     r = capture_routing(subject, texts, batch_size=batch_size, keep_logits=False, progress=progress)
     mask = None
-    if tokens != "prompt":
+    if tokens == "last":  # left padded: the last column is every row's last real token
+        mask = torch.zeros_like(r.attention_mask, dtype=torch.bool)
+        mask[:, -1] = True
+    elif tokens != "prompt":
         plen = torch.tensor([len(subject.tokenizer(p)["input_ids"]) for p in prompts])
         real = r.attention_mask.bool()
         k = real.long().flip(-1).cumsum(-1).flip(-1)  # tokens from here to the end (left padded)

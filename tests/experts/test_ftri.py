@@ -37,6 +37,8 @@ def test_maps_are_capture_means_and_identical_sets_score_zero(tmp_path):
     assert torch.equal(scan.scores, torch.zeros_like(scan.scores))
     r = capture_routing(s, TEXTS)
     assert torch.allclose(scan.behaviour_map, r.per_prompt("count").mean(0))
+    last = ftri(s, TEXTS, TEXTS[:1], tokens="last", statistic="weight")
+    assert torch.allclose(last.maps[:len(TEXTS)], r.selection("weight")[:, :, -1].permute(1, 0, 2))
     assert scan.maps.shape == (2 * len(TEXTS), len(s.arch.moe_layers), s.arch.n_experts)
     frame = scan.to_frame()
     assert len(frame) == len(s.arch.moe_layers) * s.arch.n_experts and set(frame["rank"]) == set(range(len(frame)))
