@@ -9,14 +9,21 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
+METRICS = {"answer log-prob (last token)": "last", "mean log-prob (all tokens)": "all"}
 
-def mean_logprob(subject, texts) -> float:
-    """Mean next-token log-probability of `texts` under `subject` (the app's default metric)."""
-    x = subject.tokenize(list(texts), padding_side="right")
+
+def mean_logprob(subject, texts, which: str = "last") -> float:
+    """Mean log-probability under `subject` of each text's last token given the rest ("last": the
+    answer of a task prompt) or of every next token ("all")."""
+    if which not in ("last", "all"):
+        raise ValueError(f"which: expected 'last' or 'all', got {which!r}")
+    x = subject.tokenize(list(texts))  # left padded: position -1 is every row's last token
     with torch.no_grad():
         lp = torch.log_softmax(subject.forward(x)[:, :-1].double(), -1)
     lp = lp.gather(-1, x.input_ids[:, 1:, None])[..., 0]
-    m = x.attention_mask[:, 1:]
+    if which == "last":
+        return float(lp[:, -1].mean())
+    m = x.attention_mask[:, 1:] * x.attention_mask[:, :-1]  # both the token and its context are real
     return float((lp * m).sum() / m.sum().clamp(min=1))
 
 
@@ -28,17 +35,18 @@ def weight_diff(key: str, _pair):
 
 
 @st.cache_data(show_spinner="DARE: dropping parts of the delta...", max_entries=8)
-def dare(key: str, _pair, prompts: tuple[str, ...], ps: tuple[float, ...], seeds: tuple[int, ...]):
+def dare(key: str, _pair, prompts: tuple[str, ...], ps: tuple[float, ...], seeds: tuple[int, ...], which: str = "last"):
     from workbench.diff import dare_check
 
-    return dare_check(_pair, lambda s: mean_logprob(s, prompts), ps=ps, seeds=seeds, progress=False)
+    return dare_check(_pair, lambda s: mean_logprob(s, prompts, which), ps=ps, seeds=seeds, progress=False)
 
 
 @st.cache_data(show_spinner="Grafting the most changed entries...", max_entries=8)
-def graft(key: str, _pair, prompts: tuple[str, ...], fractions: tuple[float, ...], seeds: tuple[int, ...]):
+def graft(key: str, _pair, prompts: tuple[str, ...], fractions: tuple[float, ...], seeds: tuple[int, ...],
+          which: str = "last"):
     from edits.graft import graft_curve
 
-    return graft_curve(_pair, lambda s: mean_logprob(s, prompts), fractions=fractions, seeds=seeds)
+    return graft_curve(_pair, lambda s: mean_logprob(s, prompts, which), fractions=fractions, seeds=seeds)
 
 
 @st.cache_data(show_spinner="Comparing activations...", max_entries=8)

@@ -28,20 +28,22 @@ with failsafe("Weight diff"):
     st.dataframe(wd.frame.sort_values("rel_norm", ascending=False).head(15), hide_index=True)
 
 st.subheader("Is the delta redundant? DARE and Graft")
-st.caption("Metric: mean next-token log-probability of the prompt set. DARE drops a fraction p of the "
-           "delta at random (rescaling the rest); Graft keeps only the top-x % most changed entries on the "
-           "base model. Controls: dropping without rescaling, and grafting random entries.")
+st.caption("DARE drops a fraction p of the delta at random (rescaling the rest); Graft keeps only the top-x % "
+           "most changed entries on the base model. Controls: dropping without rescaling, and grafting random "
+           "entries. Metric on the prompt set: the log-probability of each prompt's last token (a task "
+           "prompt's answer), or of every token.")
 with st.form("redundancy"):
+    which = compute.METRICS[st.selectbox("metric", list(compute.METRICS))]
     ps = st.multiselect("DARE drop fractions p", [0.5, 0.9, 0.99], default=[0.5, 0.9])
     fr = st.multiselect("Graft fractions (of all entries)", [1e-4, 1e-3, 1e-2, 1e-1], default=[1e-3, 1e-2])
     seeds = st.slider("seeds", 1, 5, 2)
     go = st.form_submit_button("Run DARE and Graft")
 if go:
     with failsafe("DARE"):
-        d = compute.dare(ctx.key, pair, ctx.prompts, tuple(sorted(ps)), tuple(range(seeds)))
+        d = compute.dare(ctx.key, pair, ctx.prompts, tuple(sorted(ps)), tuple(range(seeds)), which)
         st.plotly_chart(d.plot(), key="dare")
         st.dataframe(d.summary(), key="dare_table")
     with failsafe("Graft"):
-        g = compute.graft(ctx.key, pair, ctx.prompts, tuple(sorted(fr)), tuple(range(seeds)))
+        g = compute.graft(ctx.key, pair, ctx.prompts, tuple(sorted(fr)), tuple(range(seeds)), which)
         st.plotly_chart(g.plot(), key="graft")
         st.dataframe(g.summary(), hide_index=True, key="graft_table")
