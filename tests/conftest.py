@@ -11,7 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread per process: pytest-xdist runs one worker per core, and on a shared 2-core machine
+# two threads per worker oversubscribe it badly.
+torch.set_num_threads(1)
 
 _TRACKED: list = []  # Subjects created through the `track` helper below
 
