@@ -168,6 +168,11 @@ class NNsightEngine(Engine):
                     raise ValueError(f"{site}: the nnsight engine can read 'pattern' but not write it (HF "
                                      "returns attention weights after using them); use engine='tl' to patch it")
                 new = y.reshape(raw.shape).to(raw.dtype)  # back to HF's layout
+                if site.component == "resid_mid":
+                    # The norm's input *is* the residual tensor the block adds the MLP output to:
+                    # write it in place, or only the MLP would see the change.
+                    raw.copy_(new)
+                    continue
                 value = (*value[:idx], new, *value[idx + 1:]) if idx is not None else new
                 changed = True
             if changed:

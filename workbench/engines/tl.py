@@ -98,6 +98,11 @@ class TLEngine(Engine):
                     return x
                 if comp == "router_logits":  # a write would be silently dropped: refuse it
                     raise ValueError(ROUTER_READ_ONLY.format(site=hook.name))
+                if comp == "resid_mid":
+                    # The bridge's hook_resid_mid is ln2's input, the same tensor the block later adds
+                    # the MLP output to; returning a copy would change only the MLP's input.
+                    x.copy_(y.reshape(x.shape))
+                    return x
                 return y.reshape(x.shape)
 
             out.append((site.tl_name, tl_fn))
