@@ -119,6 +119,22 @@ class RunResult:
         return "\n".join(parts)
 
 
+def edit_effect(subject, edit, texts: list[str]) -> tuple[dict, dict]:
+    """What an edit changed inside: weight diff (per parameter) and activation diff (per layer) of
+    the original vs a copy with the edit applied. The user's subject is never changed."""
+    from workbench.diff import edited_pair
+    from workbench.diff_acts import activation_diff
+    from workbench.diff_weights import weight_diff
+
+    pair = edited_pair(subject, edit)
+    wd = weight_diff(pair, spectra=False)
+    ad = activation_diff(pair, texts[:32])
+    wf = wd.to_frame()
+    changed = wf[wf["rel_norm"] > 0]  # a weight edit names its parameters; an activation edit touches none
+    data = {"weights_changed": changed.to_dict("list"), "activations": ad.to_frame().to_dict("list")}
+    return data, {"edit: weight diff": wd.plot(), "edit: activation diff": ad.plot()}
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -143,6 +159,20 @@ def _load_output(d: Path, key: str) -> StepOutput | None:
     figs = {k: pio.from_json(json.dumps(v)) for k, v in raw["figures"].items()}
     edit = Edit.load(d / "edit") if (d / "edit").exists() else None
     return StepOutput(raw["rows"], figs, raw["data"], edit)
+
+
+def _step_texts(ctx: Ctx, cfg: dict) -> list[str]:
+    """Prompts to measure an edit's activation diff on: the step's dataset, else the world's facts."""
+    name = cfg.get("dataset")
+    if name:
+        d = ctx.dataset(name)
+        if isinstance(d, tuple):
+            return list(d[0])
+        if isinstance(d, list):
+            return [e.prompt for e in d]
+    from workbench import tasks
+
+    return [e.prompt for e in tasks.facts(32, seed=0, split="eval")]
 
 
 def run_pipeline(file: str | Path, *, out: str | Path | None = None, reduced: bool = False,
@@ -184,6 +214,10 @@ def run_pipeline(file: str | Path, *, out: str | Path | None = None, reduced: bo
         kind = STEP_KINDS[cfg["kind"]]
         if got is None:
             got = kind.run(ctx, cfg)
+            if got.edit is not None:
+                eff, figs = edit_effect(ctx.subject(cfg["subject"]), got.edit, _step_texts(ctx, cfg))
+                got.data["edit_effect"] = eff
+                got.figures.update(figs)
             _save_output(d, key, got)
             computed.append(cfg["id"])
         else:

@@ -81,6 +81,9 @@ def test_runs_and_writes_outputs(tmp_path, model):
     r = json.loads((out / "results.json").read_text())
     assert {row["method"] for row in r["rows"]} == {"behaviour probe", "model surgery"}
     assert "control_value" in r["rows"][1]
+    eff = r["steps"]["second"]["edit_effect"]  # what the surgery changed inside: gate rows only
+    assert eff["weights_changed"]["name"] and all("gate_proj" in n for n in eff["weights_changed"]["name"])
+    assert "edit: weight diff" in html
     # a second run reuses everything, and reports the same numbers
     again = run_pipeline(_write(tmp_path, model), out=tmp_path / "out")
     assert again.computed == [] and again.reused == ["first", "second"]
