@@ -246,12 +246,11 @@ def iterative_cge(pair: ModelPair, *, n: int, lr: float, steps_per_example: int 
     gen = torch.Generator().manual_seed(seed)
     prefix = prompt_ids(pair.tuned.tokenizer, prompt)
     eos = pair.tuned.tokenizer.eos_token_id
-    ids, cons, ended, live, losses = [], [], [], [], []
+    ids, ended, live, losses = [], [], [], []
     bar = tqdm(range(n), desc="iterative CGE", disable=not progress if progress is not None else None, leave=False)
     for _ in bar:
         d = _decode(tuned, copy, pair, cfg, gen)
         ids.append(d.token_ids[0])
-        cons.append(d.contrast[0])
         ended.append(d.ended[0])
         live.append(float(sum(d.contrast[0])))
         seq = torch.tensor([prefix + d.token_ids[0] + ([eos] if d.ended[0] and eos is not None else [])])
