@@ -135,10 +135,16 @@ def shoot(page, name: str) -> None:
     """Screenshot the whole page: Streamlit scrolls inside its main block, not the document, so
     the viewport is grown to the content's height for the shot."""
     ARTIFACTS.mkdir(exist_ok=True)
-    h = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
-                      " m.scrollTo(0, 0); return m.scrollHeight; }")
-    page.set_viewport_size({"width": 1400, "height": int(min(max(1000, h + 40), 8000))})
-    page.wait_for_timeout(1500)  # plotly redraws at the new size
+    js = ("() => { const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
+          " m.scrollTo(0, 0); return m.scrollHeight; }")
+    height = 0
+    for _ in range(4):  # charts below the fold draw late and grow the page: measure until it settles
+        page.wait_for_timeout(1500)
+        h = int(min(max(1000, page.evaluate(js) + 40), 8000))
+        if h == height:
+            break
+        height = h
+        page.set_viewport_size({"width": 1400, "height": height})
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     page.set_viewport_size({"width": 1400, "height": 1000})
 

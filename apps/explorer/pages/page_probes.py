@@ -27,6 +27,7 @@ if run_probe or st.session_state.get("probe_done"):
             fig = px.line(df, x="layer", y="mean", error_y="std", color="model", markers=True,
                           title="Held-out probe accuracy per layer (resid_post, mean-pooled)")
             fig.add_hline(y=0.5, line_dash="dot", annotation_text="chance")
+            fig.update_xaxes(dtick=1)
             st.plotly_chart(fig, key="probe_plot")
             st.dataframe(df, hide_index=True, key="probe_table")
 
