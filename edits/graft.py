@@ -54,12 +54,16 @@ class Graft(WeightEdit):
     param: Tensor  # (k,) long: which name
     index: Tensor  # (k,) long: flat index into that parameter
     values: Tensor  # (k,) the tuned values
+    shapes: tuple = ()  # shape of each named parameter (flat indices mean nothing on another shape)
     fraction: float | None = None
     selection: str = "top"  # "top" (largest |delta|) or "random" (the control)
     model_id: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "shapes", tuple(tuple(int(d) for d in sh) for sh in self.shapes))
+        if self.shapes and len(self.shapes) != len(self.names):
+            raise ValueError(f"shapes: expected one shape per name ({len(self.names)}), got {len(self.shapes)}")
         for f in ("param", "index", "values"):
             v = getattr(self, f)
             if not isinstance(v, Tensor) or v.ndim != 1:
@@ -113,9 +117,10 @@ class Graft(WeightEdit):
             m = pid == p
             vals[m] = pair.tuned.params[names[p]].detach().flatten()[local[m]].float()
         remap = {old: new for new, old in enumerate(used)}
-        return cls(names=tuple(names[i] for i in used), param=torch.tensor([remap[int(p)] for p in pid], dtype=torch.long),
-                   index=local.long(), values=vals.float(), fraction=float(fraction), selection=selection,
-                   model_id=pair.base.identity())
+        kept = tuple(names[i] for i in used)
+        return cls(names=kept, param=torch.tensor([remap[int(p)] for p in pid], dtype=torch.long),
+                   index=local.long(), values=vals.float(), shapes=tuple(tuple(pair.base.params[n].shape) for n in kept),
+                   fraction=float(fraction), selection=selection, model_id=pair.base.identity())
 
     @classmethod
     def example(cls, subject) -> Graft:
@@ -131,7 +136,7 @@ class Graft(WeightEdit):
         p = subject.params[name].detach().flatten()
         idx = torch.randperm(p.numel(), generator=torch.Generator().manual_seed(0))[:16].sort().values
         return cls(names=(name,), param=torch.zeros(16, dtype=torch.long), index=idx, values=(p[idx] + 0.5).float(),
-                   fraction=16 / sum(q.numel() for _, q in subject.params.items()), model_id=subject.identity())
+                   shapes=(tuple(subject.params[name].shape),), fraction=16 / sum(q.numel() for _, q in subject.params.items()), model_id=subject.identity())
 
     # --- the edit ------------------------------------------------------------------------------
     def check_compatible(self, subject) -> None:
@@ -140,6 +145,10 @@ class Graft(WeightEdit):
             if name not in subject.params:
                 raise ValueError(f"graft: {subject.name!r} has no parameter {name!r}; this edit was made for "
                                  "another model")
+            shape = tuple(subject.params[name].shape)
+            if self.shapes and shape != self.shapes[j]:
+                raise ValueError(f"graft: {name} has shape {shape} in {subject.name!r}, but this edit was made for "
+                                 f"shape {self.shapes[j]}; this edit was made for another model")
             sel = self.index[self.param == j]
             n = subject.params[name].numel()
             if len(sel) and int(sel.max()) >= n:
