@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # Streamlit's clean shutdown (Ctrl-C); SIGTERM can hang on a busy run
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
