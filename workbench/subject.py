@@ -66,6 +66,16 @@ class Subject:
         return (f"Subject({self.name!r}, engine={self.engine_name!r}, {a.family}, layers={a.n_layers}, "
                 f"heads={a.n_heads}, d_model={a.d_model}{moe})")
 
+    def __deepcopy__(self, memo):
+        """A safe copy: reload the checkpoint and copy the current weights in.
+
+        A plain deep copy of a bridged model is wrong (the bridge's wrappers close over the
+        original modules, so the copy would keep running the original's weights).
+        """
+        from workbench.diff import copy_subject
+
+        return copy_subject(self)
+
     @property
     def engine_name(self) -> str:
         return self.engine.name

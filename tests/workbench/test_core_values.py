@@ -130,3 +130,21 @@ def test_track_imported_from_tests_conftest_feeds_the_guard(request):
     mods = [p for p in request.config.pluginmanager.get_plugins()
             if str(getattr(p, "__file__", "")).endswith("tests/conftest.py")]
     assert imported in mods
+
+
+def test_deepcopy_of_a_subject_is_independent():
+    import copy
+
+    import torch
+
+    from tests.tiny import tiny_checkpoint
+    from workbench import load
+
+    s = load(tiny_checkpoint("llama"))
+    twin = copy.deepcopy(s)
+    t = s.tokenize(["the big dog"])
+    with torch.no_grad():
+        before = s.forward(t)
+        next(iter(dict(twin.params.items()).values())).data.mul_(0)  # wreck the copy's embeddings
+        assert torch.equal(s.forward(t), before)
+        assert not torch.equal(twin.forward(t), before)
