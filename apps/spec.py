@@ -30,8 +30,8 @@ def _tname(t: Any) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true/false", list: "a list",
              dict: "a table"}
     if isinstance(t, tuple):
-        return " or ".join(names.get(x, x.__name__) for x in t)
-    return names.get(t, t.__name__)
+        return " or ".join(str(names.get(x, x.__name__)) for x in t)
+    return str(names.get(t, t.__name__))
 
 
 def check_fields(file: Path, path: str, table: Any, schema: dict[str, Field]) -> dict[str, Any]:

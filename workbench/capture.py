@@ -117,7 +117,7 @@ class _NpyWriter:
         self.f = open(path, "r+b")
 
     def write_rows(self, rows: list[int], x: Tensor, p: int, right_align: bool, pattern: bool) -> None:
-        P = self.shape[-1] if pattern else (self.shape[1] if right_align else None)
+        P = self.shape[-1] if pattern else self.shape[1]  # the padded length (unused when not aligning)
         for j, i in enumerate(rows):
             if pattern:  # `head q k`: pad each head's square into the bottom-right corner
                 full = np.zeros(self.shape[1:], dtype=np.float32)
