@@ -21,4 +21,7 @@ def test_demo_reduced_runs_every_method(tmp_path):
     assert (tmp_path / "steps" / "surgery" / "edit" / "edit.json").exists()
     assert (tmp_path / "steps" / "experts" / "edit" / "edit.json").exists()
     evals = {e["evaluation"]: e for e in res.evaluations}
-    assert evals["refusal rate (moe)"]["after"] < evals["refusal rate (moe)"]["before"]
+    assert set(evals) == {"toxic rate (base)", "fact recall (base)", "entity tracking (base)",
+                          "refusal rate (moe)", "benign accuracy (moe)"}
+    # The surgery edit stays applied for the "after" evaluations: the toxic rate must fall.
+    assert evals["toxic rate (base)"]["after"] < evals["toxic rate (base)"]["before"]
