@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from workbench.interventions import Intervention
+from workbench.interventions import Intervention, fields_equal
 from workbench.sites import Site
 
 REGISTRY: dict[str, type[Edit]] = {}
@@ -129,14 +129,7 @@ class Edit:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        for f in fields(self):  # type: ignore[arg-type]
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if isinstance(a, Tensor) or isinstance(b, Tensor):
-                if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and torch.equal(a, b)):
-                    return False
-            elif a != b:
-                return False
-        return True
+        return fields_equal(self, other)
 
     def __hash__(self) -> int:
         return hash((self.method, getattr(self, "model_id", None)))

@@ -24,6 +24,19 @@ from workbench.sites import Site
 Positions = int | tuple[int, ...] | None
 
 
+def fields_equal(a: object, b: object) -> bool:
+    """Dataclass equality where tensor fields compare by shape and value (`==` on tensors is
+    elementwise). Shared by interventions and edits: both are values."""
+    for f in fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, Tensor) or isinstance(y, Tensor):
+            if not (isinstance(x, Tensor) and isinstance(y, Tensor) and x.shape == y.shape and torch.equal(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
 def _norm_positions(positions: Any, name: str) -> Positions:
     if positions is None:
         return None
@@ -88,14 +101,7 @@ class Intervention:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        for f in fields(self):  # type: ignore[arg-type]
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if isinstance(a, Tensor) or isinstance(b, Tensor):
-                if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and torch.equal(a, b)):
-                    return False
-            elif a != b:
-                return False
-        return True
+        return fields_equal(self, other)
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.site, self.positions))
