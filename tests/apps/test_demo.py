@@ -19,7 +19,6 @@ def test_demo_reduced_runs_every_method(tmp_path):
     assert all(r.get("control") for r in res.rows), "every row states its control"
     assert (tmp_path / "report.html").stat().st_size > 100_000  # plotly inlined: self-contained
     assert (tmp_path / "steps" / "surgery" / "edit" / "edit.json").exists()
-    assert (tmp_path / "steps" / "experts" / "edit" / "edit.json").exists()
     evals = {e["evaluation"]: e for e in res.evaluations}
     assert set(evals) == {"toxic rate (base)", "fact recall (base)", "entity tracking (base)",
                           "refusal rate (moe)", "benign accuracy (moe)"}
