@@ -23,6 +23,19 @@ from workbench.engines.base import position_ids
 from workbench.sites import Site
 
 
+def _packed(subject, targets: Sequence[str], sources: Sequence[str]):
+    """Targets then sources tokenized to one width, packed as `batch 2 pos` (ids, mask) for TL's
+    tools, and the last-token logits function they call on such a pack."""
+    tok = subject.tokenize(list(targets) + list(sources))
+    packed = torch.stack([tok.input_ids, tok.attention_mask], 1)
+    model = subject.hf_model
+
+    def task_logits(x: Tensor) -> Tensor:
+        ids, mask = x[:, 0], x[:, 1]
+        return model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits[:, -1]
+
+    return packed, task_logits
+
 def tl_fit_das(subject, site: Site, targets: Sequence[str], sources: Sequence[str], answers: Tensor, *,
                rank: int = 1, epochs: int = 1, batch_size: int = 8, lr: float = 1e-3,
                seed: int = 0) -> tuple[Tensor, tuple[float, ...]]:
@@ -37,13 +50,7 @@ def tl_fit_das(subject, site: Site, targets: Sequence[str], sources: Sequence[st
         raise ValueError(f"targets, sources, answers: expected equal lengths, got {len(targets)}, {len(sources)}, "
                          f"{len(answers)}")
     n = len(targets)
-    tok = subject.tokenize(list(targets) + list(sources))  # one width for both
-    packed = torch.stack([tok.input_ids, tok.attention_mask], 1)
-    model = subject.hf_model
-
-    def task_logits(x: Tensor) -> Tensor:
-        ids, mask = x[:, 0], x[:, 1]
-        return model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits[:, -1]
+    packed, task_logits = _packed(subject, targets, sources)
 
     last = torch.full((n,), -1, dtype=torch.long)
     res = fit_das(bridge, site.tl_name, packed[:n], packed[n:], torch.as_tensor(answers, dtype=torch.long),
@@ -62,13 +69,7 @@ def tl_interchange_logits(subject, site: Site, targets: Sequence[str], sources: 
         raise ValueError(f"subject: TransformerLens's interchange needs the 'tl' engine, got {subject.engine_name!r}")
     subject.check_site(site)
     n = len(targets)
-    tok = subject.tokenize(list(targets) + list(sources))
-    packed = torch.stack([tok.input_ids, tok.attention_mask], 1)
-    model = subject.hf_model
-
-    def task_logits(x: Tensor) -> Tensor:
-        ids, mask = x[:, 0], x[:, 1]
-        return model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits[:, -1]
+    packed, task_logits = _packed(subject, targets, sources)
 
     last = torch.full((n,), -1, dtype=torch.long)
     b = basis if basis.ndim == 2 else basis[:, None]
