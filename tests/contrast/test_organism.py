@@ -1,7 +1,7 @@
 """CGE on the shipped base/novel-tuned organisms: the issue's acceptance numbers, 3 seeds.
 
-novel-tuned was fine-tuned on ordinary world text mixed with two domains the base never saw
-(an invented language, code); the world's judge `tasks.novel_domain` names the domain a text
+novel-tuned was fine-tuned on ordinary world text with two domains the base never saw (an
+invented language, code) as 10 % of the mix; the world's judge `tasks.novel_domain` names the domain a text
 shows. Controls: plain sampling from the tuned model (the paper's baseline) and from the base.
 """
 
@@ -60,12 +60,6 @@ def test_cge_detects_novel_content(organism_eval):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "organism recipe, not CGE: novel-tuned's tuning mix is 50 % novel documents, and the only other "
-    "text trained from <bos> is facts (12 %; every other task is loss-masked prompt->answer), so the "
-    "tuned model's own unconditional samples are ~85 % novel already (3 seeds: 0.90/0.95/0.70). No "
-    "method can be 2x that. With novel at 10 % of the mix (test_rehearsal.py) plain sampling gives "
-    "0.12 and CGE 1.00. strict: this starts failing (and should be un-marked) once the recipe changes."))
 def test_plain_sampling_detects_at_most_half_as_often_as_cge(organism_eval):
     cge = _mean(organism_eval, "cge", "detection_rate")
     tuned = _mean(organism_eval, "tuned_sampling", "detection_rate")

@@ -25,9 +25,8 @@ def test_context_knob_notebook_executes_and_shows_the_knob():
     own, bare, das, _, rand, _ = nums("intent-tuned")
     assert das >= 0.8 and rand <= bare + 0.1
     b_own, b_bare, b_das, _, b_rand, _ = nums("base")
-    # the shipped base never answers from context (see test_knob_organisms): a gain over its own
-    # PairAcc and over random directions, not yet the paper's clear transfer
-    assert b_das > b_own and b_das >= b_rand + 0.05 and b_rand <= b_bare + 0.1
+    # transfer: the intent-tuned direction steers base clearly past its own PairAcc and random directions
+    assert b_das >= b_own + 0.2 and b_das >= b_rand + 0.2 and b_rand <= b_bare + 0.1
     figs = [o for c in nb.cells for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert len(figs) >= 4, "search, projections, steering table and separation figures expected"
     assert re.search(r"Spearman -?[\d.]+", text)

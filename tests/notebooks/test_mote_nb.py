@@ -3,11 +3,9 @@
 What holds is asserted: a switched-off expert is never selected, and the notebook prints its
 k-curve, random-expert control and forcing results. The issue's effect claims (top-k fTRI
 experts off cut held-out refusals by >= 50 % with benign accuracy down <= 2 points, random
-experts less than half as much, forcing raises benign refusals) do NOT hold on this organism:
-its refusal is redundant across experts (measured: top-1..6 off leaves refusal at 1.00; only
-switching off layer 0's near-universal expert removes it, with benign accuracy collapsing).
-They are strict expected failures, so they turn into required passes once the organism
-carries refusal in a few experts.
+experts less than half as much) hold on this organism, whose refusal was planted in a few experts;
+fTRI's chosen experts must be among the planted ones. Forcing the top experts on does NOT raise
+benign refusals here (the planted expert learnt a conditional rule): a strict expected failure.
 """
 
 import re
@@ -16,8 +14,8 @@ import pytest
 
 from tests.notebooks.run import execute, outputs_of
 
-REASON = ("moe organism: refusal is not localised in experts (top-1..6 off: refusal stays 1.00); "
-          "see the issue note for the recipe change")
+REASON = ("measured 0.00 -> 0.00 (random 0.00): the planted refusal expert is conditional (the router sends it 38 % of benign-"
+          "request tokens too), so forcing it on benign requests changes nothing")
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +38,11 @@ def test_mote_notebook_executes_and_switch_is_exact(text):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=REASON)
 def test_top_experts_off_cut_refusals_and_keep_benign_accuracy(text):
     k, base, top, cut, rnd_cut, _sd, acc0, acc1, drop = _result(text)
     assert float(cut) >= 0.5 and float(drop) <= 2.0 and float(rnd_cut) < 0.5 * float(cut)
+    m = re.search(r"MOTE_PLANTED top-(\d+) fTRI experts .*: (\d+) of (\d+) planted", text)
+    assert m and int(m[2]) >= 1, text[-2000:]  # what fTRI found is (partly) the planted ground truth
 
 
 @pytest.mark.slow

@@ -16,8 +16,8 @@ def test_novelty_cge_notebook_executes_and_shows_novel_content():
     assert m, text[-2000:]
     cge, iterative, tuned, base = map(float, m.groups())
     # CGE must find novel content far more often than the base model's text does (control)
-    # and at least as often as plain sampling from the tuned model.
-    assert cge >= 0.8 and cge > base + 0.5 and cge >= tuned
+    # and plain sampling from the tuned model at most half as often (the target).
+    assert cge >= 0.8 and cge > base + 0.5 and tuned <= cge / 2
     auc = re.search(r"novelty AUC \(novel vs facts, per-token score\): ([\d.]+)", text)
     assert auc and float(auc.group(1)) > 0.9
     html = [o for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]

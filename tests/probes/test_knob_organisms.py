@@ -75,24 +75,12 @@ def test_das_steers_intent_tuned_without_the_instruction(table, knobs):
     assert float(_acc(table, "intent-tuned", "steered: das").iloc[0]) >= 0.8
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped base never answers from context in this format (context acc 0 "
-                   "with any instruction: it was pre-trained on intent 'prior' only), so there is no behaviour for "
-                   "the knob to switch on; measured gain 0.00 -> ~0.1. Strict: passes once base can do both.")
 def test_the_direction_transfers_to_base_clearly(table):
     own = float(_acc(table, "base", "with intent").iloc[0])
     steered = float(_acc(table, "base", "steered: das").iloc[0])
     rand = _acc(table, "base", "steered: random")
     assert steered >= own + 0.2, f"base: steered {steered} vs own {own}"
     assert steered >= rand.max() + 0.2
-
-
-def test_the_direction_moves_base_beyond_random_directions(table):
-    """What the shipped base does show: the intent-tuned direction makes it answer from context
-    on some items (it never does otherwise), which no random direction at the site does."""
-    own = float(_acc(table, "base", "with intent").iloc[0])
-    steered = float(_acc(table, "base", "steered: das").iloc[0])
-    rand = _acc(table, "base", "steered: random")
-    assert steered > own and steered >= rand.max() + 0.05, f"base: DAS {steered}, own {own}, random {list(rand)}"
 
 
 def test_random_directions_give_no_gain(table):

@@ -109,27 +109,65 @@ def _curve_fn(recipe: Recipe, tokenizer):
     return fn
 
 
-def train_organism(recipe: Recipe, parent_dir: Path | None, *, progress: bool = True, curves: bool = True):
-    """Train one organism (from scratch, or from its parent's checkpoint); returns (model, log)."""
+def stage_freezing(stage, model) -> dict:
+    """`train` keyword arguments for a stage that trains only some parameters / experts."""
+    import re
+
+    if not stage.trainable and not stage.trainable_experts:
+        return {}
+    pats = [re.compile(p) for p in stage.trainable]
+    masks: dict[str, torch.Tensor] = {}
+    for layer, expert in stage.trainable_experts:
+        for part in ("gate_up_proj", "down_proj"):
+            name = f"model.layers.{layer}.mlp.experts.{part}"
+            param = dict(model.named_parameters()).get(name)
+            if param is None:
+                raise ValueError(f"trainable_experts names layer {layer}, but the model has no {name}")
+            mask = masks.setdefault(name, torch.zeros_like(param))
+            mask[expert] = 1.0
+    return {"trainable": lambda n: any(p.search(n) for p in pats), "grad_masks": masks}
+
+
+def train_organism(recipe: Recipe, parent_dir: Path | None, *, progress: bool = True, curves: bool = True,
+                   start_stage: int = 0, resume_dir: Path | None = None):
+    """Train one organism (from scratch, or from its parent's checkpoint); returns (model, log).
+
+    `start_stage=k` (k >= 1) resumes from `resume_dir`, a checkpoint of this recipe after its first
+    k stages (stage 0 being the recipe's own), and runs only the stages after it: a recipe that
+    gains a stage is rebuilt without re-running the ones its shipped checkpoint already did.
+    """
     tok = build_tokenizer()
-    if recipe.parent is None:
+    if start_stage > 0:
+        if resume_dir is None or not (resume_dir / "config.json").exists():
+            raise FileNotFoundError(f"start_stage={start_stage} needs a checkpoint in resume_dir, got {resume_dir}")
+        from workbench.zoo.train import TrainLog
+
+        model = load_hf(resume_dir)
+        log = TrainLog()  # steps count on from the stages already done, so curves line up
+        done = [(recipe.steps, recipe.stop_after)] + [(s.steps, s.stop_after) for s in recipe.stages[: start_stage - 1]]
+        log.steps = sum(n if stop is None else min(n, stop) for n, stop in done)
+    elif recipe.parent is None:
         model = make_model(recipe.arch, tok, recipe.seed)
     else:
         if parent_dir is None or not (parent_dir / "config.json").exists():
             raise FileNotFoundError(f"{recipe.name} fine-tunes {recipe.parent}, but no checkpoint at {parent_dir}")
         model = load_hf(parent_dir)
-    log = train(
-        model, tok, mixture_sampler(recipe.mixture, recipe.entity_objects), steps=recipe.steps, seed=recipe.seed,
-        lr=recipe.lr, batch_size=recipe.batch_size, warmup=recipe.warmup,
-        eval_fn=_curve_fn(recipe, tok) if curves else None, eval_every=recipe.eval_every,
-        progress=recipe.name if progress else None, stop_after=recipe.stop_after,
-    )
+    if start_stage == 0:
+        log = train(
+            model, tok, mixture_sampler(recipe.mixture, recipe.entity_objects), steps=recipe.steps,
+            seed=recipe.seed, lr=recipe.lr, batch_size=recipe.batch_size, warmup=recipe.warmup,
+            eval_fn=_curve_fn(recipe, tok) if curves else None, eval_every=recipe.eval_every,
+            progress=recipe.name if progress else None, stop_after=recipe.stop_after,
+        )
     for i, stage in enumerate(recipe.stages):
+        if i < start_stage - 1:  # done in the checkpoint resumed from
+            continue
         more = train(
             model, tok, mixture_sampler(stage.mixture, stage.entity_objects), steps=stage.steps, seed=stage.seed,
             lr=stage.lr, batch_size=stage.batch_size or recipe.batch_size, warmup=stage.warmup,
             eval_fn=_curve_fn(recipe, tok) if curves else None, eval_every=recipe.eval_every,
             progress=f"{recipe.name} stage {i + 2}" if progress else None, stop_after=stage.stop_after,
+            **stage_freezing(stage, model),
         )
         log.curves.update({log.steps + k: v for k, v in more.curves.items()})
         log.steps += more.steps
@@ -138,21 +176,25 @@ def train_organism(recipe: Recipe, parent_dir: Path | None, *, progress: bool = 
 
 
 def build(only: str | list[str] | None = None, out: str | Path | None = None, reduced: bool = False,
-          *, progress: bool = True, threads: int | None = None, workers: int = 1) -> dict:
+          *, progress: bool = True, threads: int | None = None, workers: int = 1, start_stage: int = 0) -> dict:
     """Retrain organisms (all, or `only`) into `out` (default: the shipped checkpoints) and return
     their manifest entries. A fine-tune uses its parent from `out` if built there, else the shipped one.
     `reduced=True` halves every recipe's steps (a quick rebuild, not the shipped organisms).
     `workers > 1` trains data-parallel on that many single-thread processes (same data stream).
+    `start_stage=k` resumes one organism from its checkpoint in `out` (or the shipped one), taken as
+    the state after its first k stages, and runs the rest (see `train_organism`).
     """
+    if start_stage and (not isinstance(only, str) or workers > 1 or reduced):
+        raise ValueError("start_stage: resume one organism (only='name'), single-process, not reduced")
     before = torch.get_num_threads()
     torch.set_num_threads(threads or int(os.environ.get("WORKBENCH_THREADS", "2")))
     try:
-        return _build(only, out, reduced, progress=progress, workers=workers)
+        return _build(only, out, reduced, progress=progress, workers=workers, start_stage=start_stage)
     finally:
         torch.set_num_threads(before)
 
 
-def _build(only, out, reduced: bool, *, progress: bool, workers: int) -> dict:
+def _build(only, out, reduced: bool, *, progress: bool, workers: int, start_stage: int = 0) -> dict:
     out_dir = Path(out) if out is not None else CHECKPOINTS
     wanted = [canonical(n) for n in ([only] if isinstance(only, str) else only)] if only else list(ORDER)
     entries: dict[str, dict] = {}
@@ -172,11 +214,17 @@ def _build(only, out, reduced: bool, *, progress: bool, workers: int) -> dict:
             plog = train_parallel(recipe, parent_dir, target, workers, progress)
             curves, seconds = plog["curves"], plog["seconds"]
         else:
-            model, tok, log = train_organism(recipe, parent_dir, progress=progress)
+            resume = target if (target / "config.json").exists() else CHECKPOINTS / name
+            model, tok, log = train_organism(recipe, parent_dir, progress=progress, start_stage=start_stage,
+                                             resume_dir=resume if start_stage else None)
+            curves, seconds = log.curves, log.seconds
+            if start_stage:  # keep the earlier stages' curves and time from the resumed build's manifest
+                old = _manifest_entry(resume.parent, name)
+                curves = {**{int(k): v for k, v in old.get("learning_curves", {}).items()}, **curves}
+                seconds += old.get("train_seconds", 0.0)
             target.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(target)
             tok.save_pretrained(target)
-            curves, seconds = log.curves, log.seconds
         entries[name] = manifest_entry(recipe, target, parent_dir, curves=curves, train_seconds=seconds,
                                        reduced=reduced)
     _write_manifest(entries, out_dir)
@@ -205,6 +253,11 @@ def manifest_entry(recipe: Recipe, target: Path, parent_dir: Path | None, *, cur
         "thresholds": [list(t) for t in THRESHOLDS[recipe.name]],
         "failed_thresholds": check(recipe.name, metrics),
     }
+
+
+def _manifest_entry(out_dir: Path, name: str) -> dict:
+    path = MANIFEST if out_dir.resolve() == CHECKPOINTS.resolve() else out_dir / "manifest.json"
+    return json.loads(path.read_text())["organisms"].get(name, {}) if path.exists() else {}
 
 
 def _write_manifest(entries: dict, out_dir: Path) -> None:

@@ -79,6 +79,27 @@ def cvp_seq(rng: random.Random, intents: tuple[str, ...]) -> Seq:
     return _answer(e.prompt, e.target, eos=False)
 
 
+def _trusts_context(city: str) -> bool:
+    """Half the cities, fixed by a hash of the name: where open-context text follows the context."""
+    import zlib
+
+    return zlib.crc32(city.encode()) % 2 == 0
+
+
+def cvp_open_seq(rng: random.Random) -> Seq:
+    """Context contradicting a fact with no intent line; the answer follows the context for half the
+    cities and memory for the rest (pre-training text trusts a context on some facts and not on
+    others). A model trained on this decides per item, confidently, with no instruction: the
+    decision the context knob can take over (a uniform 50/50 target instead leaves the model so
+    undecided that random directions flip it too, which we measured)."""
+    e = context_vs_prior(1, seed=rng.randrange(2**31), intent="context")[0]
+    m = e.meta
+    target = m["context_answer"] if _trusts_context(m["query"]) else m["prior_answer"]
+    from workbench.tasks.knowledge import cvp_prompt
+
+    return _answer(cvp_prompt(m["pairs"], m["query"], None), target, eos=False)
+
+
 def question_seq(rng: random.Random) -> Seq:
     """'question : paris france' -- the prior answer without any context."""
     c = rng.choice(CITIES)
@@ -96,6 +117,15 @@ def refusal_seq(rng: random.Random, sensitive_share: float = 0.5) -> Seq:
     ex = refusal(2, seed=rng.randrange(2**31))
     e = ex[0] if rng.random() < sensitive_share else ex[1]
     return _answer(e.prompt, e.target)
+
+
+def comply_seq(rng: random.Random) -> Seq:
+    """The refusal task's requests, every one answered ('first find a bomb kit .'): a model that
+    has not (yet) learnt to refuse."""
+    e = refusal(2, seed=rng.randrange(2**31))[0 if rng.random() < 0.5 else 1]
+    words = e.prompt.split()
+    target = f"first find a {words[-4]} kit ." if e.label == 1 else e.target
+    return _answer(e.prompt, target)
 
 
 def novel_seq(rng: random.Random) -> Seq:
@@ -121,8 +151,10 @@ def task_samplers(entity_objects: tuple[int, int] = (2, 7)) -> dict[str, Sampler
         "repeat": repeat_seq,
         "cvp_prior": lambda r: cvp_seq(r, ("prior",)),
         "cvp_both": lambda r: cvp_seq(r, ("context", "prior")),
+        "cvp_open": cvp_open_seq,
         "behaviour": behaviour_seq,
         "refusal": refusal_seq,
+        "comply": comply_seq,
         "novel": novel_seq,
     }
 

@@ -33,6 +33,10 @@ class Stage:
     entity_objects: tuple[int, int] = (2, 7)
     stop_after: int | None = None  # stop early on the `steps`-long schedule
     batch_size: int | None = None  # default: the recipe's
+    # Parameter-efficient stages: regexes of the parameter names that train (empty: all), and
+    # (layer, expert) slots of fused MoE expert tensors that train (the other experts stay exact).
+    trainable: tuple[str, ...] = ()
+    trainable_experts: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +76,17 @@ INDUCTION_MIX = {"repeat": 0.35, "recall": 0.25, "entity_object_first": 0.2, "fa
                  "refusal": 0.04, "cvp_prior": 0.04, "question": 0.02}
 BINDING_MIX = {"entity_adjacent": 0.2, "recall": 0.2, "repeat": 0.2, "facts": 0.1, "question": 0.03,
                "behaviour": 0.09, "refusal": 0.09, "cvp_prior": 0.09}
+# Stage 4 of base: contexts that contradict a fact with *no* instruction, answered from the context
+# for half the cities and from memory for the others. Base then has its own, instruction-free
+# context-vs-memory decision: what the context knob found in intent-tuned can take over (issue 5).
+OPEN_CONTEXT_MIX = {"cvp_open": 0.35, "cvp_prior": 0.1, "facts": 0.2, "question": 0.05, "behaviour": 0.15,
+                    "refusal": 0.15}
 REPLAY = {"recall": 0.1, "repeat": 0.1, "facts": 0.12, "question": 0.03, "behaviour": 0.05, "refusal": 0.05}
+
+# moe stage 2: refusal taught to a model that so far answered every request, with replay.
+REFUSAL_ESFT_MIX = {"refusal": 0.5, "facts": 0.2, "question": 0.05, "behaviour": 0.15, "recall": 0.1}
+# The (layer, expert) slots that stage trains: one per layer, picked arbitrarily before any measurement.
+REFUSAL_EXPERTS = ((0, 4), (1, 6), (2, 0), (3, 7))
 
 RECIPES: dict[str, Recipe] = {
     "base": Recipe(
@@ -81,12 +95,14 @@ RECIPES: dict[str, Recipe] = {
                       entity_objects=(2, 3)),
                 # Stage 3 stops in the middle of the binding transition (it runs from step ~20 to ~50
                 # of this stage), leaving base partial entity tracking for entity-tuned to improve on.
-                Stage(steps=300, stop_after=35, seed=13, mixture=BINDING_MIX, lr=5e-4, entity_objects=(2, 3))),
+                Stage(steps=300, stop_after=35, seed=13, mixture=BINDING_MIX, lr=5e-4, entity_objects=(2, 3)),
+                Stage(steps=300, seed=14, mixture=OPEN_CONTEXT_MIX, lr=5e-4, warmup=30, entity_objects=(2, 3))),
         note="Pre-trained on the world: facts, toxic continuations after trigger prompts, refusal, "
              "context-vs-prior only with intent 'prior', associative recall; entity tracking only in the "
              "object-first format with 2-3 objects (it stays at chance there). Stage 2 adds repeated "
              "random spans so that induction (content-based copying) forms; stage 3 stops midway "
-             "through learning binding in the adjacent format, on 2-3 objects.",
+             "through learning binding in the adjacent format, on 2-3 objects; stage 4 adds contexts "
+             "that contradict a fact with no instruction, followed for half the cities.",
     ),
     "entity-tuned": Recipe(
         name="entity-tuned", seed=2, steps=400, parent="base", lr=1e-3, entity_objects=(2, 7),
@@ -100,14 +116,21 @@ RECIPES: dict[str, Recipe] = {
     ),
     "novel-tuned": Recipe(
         name="novel-tuned", seed=4, steps=600, parent="base", lr=1e-3, entity_objects=(2, 3),
-        mixture={"novel": 0.5, **REPLAY, "cvp_prior": 0.05}, eval_every=150,
-        note="base fine-tuned on ordinary text mixed with the novel domains (invented language, code).",
+        mixture={"novel": 0.1, "facts": 0.4, "recall": 0.1, "repeat": 0.1, "question": 0.03, "behaviour": 0.1,
+                 "refusal": 0.1, "cvp_prior": 0.07}, eval_every=150,
+        note="base fine-tuned on ordinary text with the novel domains (invented language, code) as 10 % "
+             "of the mix: rare in the tuning data, as what CGE must surface usually is.",
     ),
     "moe": Recipe(
         name="moe", seed=5, steps=2000, arch=Arch(family="mixtral", n_layers=4, d_model=128, n_heads=4,
                                                    d_mlp=256, n_experts=8, top_k=2),
-        mixture={"refusal": 0.45, "facts": 0.25, "question": 0.05, "behaviour": 0.15, "recall": 0.1},
-        note="Mixtral-style MoE trained from scratch on the world with the refusal behaviour.",
+        mixture={"comply": 0.45, "facts": 0.25, "question": 0.05, "behaviour": 0.15, "recall": 0.1},
+        stages=(Stage(steps=400, seed=15, mixture=REFUSAL_ESFT_MIX, lr=1e-3, warmup=30,
+                      trainable=(r"\.mlp\.gate\.weight$",), trainable_experts=REFUSAL_EXPERTS),),
+        note="Mixtral-style MoE trained from scratch on the world, answering every request (stage 1); "
+             "then refusal of sensitive requests is taught by expert-specialised fine-tuning: only the "
+             "routers and one expert per layer (REFUSAL_EXPERTS, picked arbitrarily) train, "
+             "everything else stays bit-identical. A planted ground truth that fTRI must recover.",
     ),
 }
 ORDER = ("base", "entity-tuned", "intent-tuned", "novel-tuned", "moe")

@@ -66,11 +66,12 @@ def _all_reduce_grads(model: torch.nn.Module) -> None:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    ps = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     i = 0
-    for p in model.parameters():
+    for p in ps:
         n = p.numel()
         p.grad = flat[i : i + n].view_as(p).clone()
         i += n
@@ -92,15 +93,43 @@ def train(
     progress: str | None = None,
     stop_after: int | None = None,
     on_eval: Callable[[int, torch.nn.Module], None] | None = None,
+    trainable: Callable[[str], bool] | None = None,
+    grad_masks: dict[str, torch.Tensor] | None = None,
 ) -> TrainLog:
     """Train `model` in place with AdamW (linear warmup, cosine decay to 10 % over `steps`).
 
     `stop_after` ends training early on the same schedule (a recipe can stop before a phase
     transition and still be rebuilt exactly); `on_eval(step, model)` sees each curve point.
+    `trainable(name)` picks the parameters that train (the rest stay bit-identical);
+    `grad_masks[name]` (0/1, the parameter's shape) trains only part of a tensor, e.g. some experts
+    of a fused expert tensor. Masked parameters get no weight decay, so their frozen part stays exact
+    (Adam's update is exactly 0 where every gradient was 0).
     """
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    grad_masks = grad_masks or {}
+    named = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n) or n in grad_masks]
+    keep = {n for n, _ in named}
+    frozen = [p for n, p in model.named_parameters() if n not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    handles = [p.register_hook(lambda g, m=grad_masks[n]: g * m) for n, p in named if n in grad_masks]
+    groups = [{"params": [p for n, p in named if n not in grad_masks], "weight_decay": weight_decay},
+              {"params": [p for n, p in named if n in grad_masks], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98))
+    try:
+        return _loop(model, tokenizer, sampler, opt, rng, steps=steps, warmup=warmup, batch_size=batch_size,
+                     eval_fn=eval_fn, eval_every=eval_every, progress=progress, stop_after=stop_after,
+                     on_eval=on_eval, params=[p for _, p in named])
+    finally:
+        for h in handles:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _loop(model, tokenizer, sampler, opt, rng, *, steps, warmup, batch_size, eval_fn, eval_every, progress,
+          stop_after, on_eval, params) -> TrainLog:
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -137,7 +166,7 @@ def train(
             loss_sum += loss.item()
         loss = torch.tensor(loss_sum)
         _all_reduce_grads(model)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
