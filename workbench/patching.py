@@ -9,7 +9,10 @@ Speed without approximation. TransformerLens runs one forward per cell. Here
   row block k patches cell k (a per-layer hook writes each block's cell);
 - a cell whose clean and corrupted activations are bit-identical (every position before the
   first token where the prompts differ, by causality) cannot change anything: its value is the
-  unpatched corrupted metric, so it is not run at all.
+  unpatched corrupted metric, so it is not run at all;
+- for `resid_pre` (TL engine, no active interventions) a row patched at layer L starts at
+  block L from the cached corrupted residual with the clean cell written in: below L it is
+  the corrupted run, so those layers are not recomputed (`engines.tl_patching.run_entering`).
 Both keep the numbers equal to TransformerLens's to float tolerance (tests/circuits check it).
 
 Attribution patching (Nanda 2023; Syed et al. 2023) estimates every cell at once from one
@@ -28,6 +31,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from workbench.engines.tl_patching import can_enter_mid_stack, run_entering
 from workbench.results import Result
 from workbench.sites import Site
 
@@ -252,6 +256,9 @@ def activation_patching(subject, clean: Any, corrupt: Any, metric: Metric, *, co
     todo = [i for i, (layer, p, h) in enumerate(cells)
             if not torch.equal(_select(cc[Site(layer, component)], p, h), _select(kc[Site(layer, component)], p, h))]
     per = max(1, max_rows // B)
+    # resid_pre rows can start at their own layer (the layers below are the corrupted run):
+    # cells are layer-major, so each chunk's batch only grows as it goes up the stack.
+    staged = component == "resid_pre" and heads is None and can_enter_mid_stack(subject)
     chunks = [todo[i:i + per] for i in range(0, len(todo), per)]
     show = progress if progress is not None else len(chunks) > 8
     for chunk in tqdm(chunks, desc=f"patch {component}", disable=not show, leave=False):
@@ -260,6 +267,21 @@ def activation_patching(subject, clean: Any, corrupt: Any, metric: Metric, *, co
         for j, i in enumerate(chunk):
             layer, p, h = cells[i]
             by_layer.setdefault(layer, []).append((j, p, h))
+        if staged:
+            # Each row starts at its patched layer from the cached corrupted residual with the
+            # clean cell written in: below that layer it *is* the corrupted run (exact).
+            entries = []
+            for layer, cells_at in sorted(by_layer.items()):
+                site = Site(layer, component)
+                rows = kc[site].repeat(len(cells_at), 1, 1)
+                for r, (_, p, _) in enumerate(cells_at):
+                    rows[r * B:(r + 1) * B, p] = cc[site][:, p]
+                entries.append((layer, rows))
+            order = [j for _, cells_at in sorted(by_layer.items()) for j, _, _ in cells_at]
+            logits = run_entering(subject, k.input_ids.repeat(K, 1), k.attention_mask.repeat(K, 1), entries)
+            for r, j in enumerate(order):
+                out[chunk[j]] = metric_value(metric, logits[r * B:(r + 1) * B]).float()
+            continue
         hooks = []
         for layer, entries in by_layer.items():
             src = cc[Site(layer, component)]

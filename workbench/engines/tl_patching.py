@@ -7,12 +7,15 @@ Two jobs, both engine-level because they spell TransformerLens names:
 - `run_raw`: a forward with hooks on TL hook points the `Site` vocabulary lacks
   (`attn.hook_q`, `attn.hook_k`, `attn.hook_v`), for path patching into a receiver head's
   query/key/value. Active interventions of the Subject stay applied.
+- `run_entering`: a forward whose rows enter the block stack at different layers with given
+  residuals (`resid_pre`), so the blocks below each row's entry layer are not computed for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -112,3 +115,90 @@ def run_raw(subject, input_ids: Tensor, attention_mask: Tensor, *, hooks: Sequen
         out = eng.hf_model(input_ids=input_ids, attention_mask=attention_mask,
                            position_ids=position_ids(attention_mask), use_cache=False)
     return out.logits
+
+
+# --- forwards that start mid-stack ------------------------------------------------------------
+def can_enter_mid_stack(subject) -> bool:
+    """Whether `run_entering` applies: the TL engine, a single `blocks` stack, no active interventions.
+
+    Active interventions are excluded because a cached residual already carries the effect of
+    every intervention up to its layer; re-entering it would apply those at that layer twice.
+    """
+    bridge = getattr(subject.engine, "bridge", None)
+    blocks = getattr(bridge, "blocks", None)
+    return blocks is not None and len(blocks) == subject.arch.n_layers and not subject.active
+
+
+def _rows(v: Any, full: int, n: int) -> Any:
+    """The first `n` rows of every per-row tensor in a block's arguments (`full` rows in all)."""
+    if isinstance(v, Tensor):
+        return v[:n] if v.ndim > 0 and v.shape[0] == full and n != full else v
+    if isinstance(v, (tuple, list)):
+        return type(v)(_rows(x, full, n) for x in v)
+    return v
+
+
+@contextmanager
+def _entering(blocks: Sequence[torch.nn.Module], entries: Sequence[tuple[int, Tensor]], full: int) -> Iterator[None]:
+    """Make block `layer` take its input rows from `entries` and grow the batch as it goes up.
+
+    Rows are ordered by entry layer, so the rows alive at block `i` are the first `n` rows of
+    the batch the model was called with: per-row block arguments (attention mask, rotary
+    position embeddings, position ids, all computed by the model for the whole batch) are cut
+    to those rows. Blocks below the lowest entry layer are skipped (the embedding they would
+    have transformed is discarded at the entry layer).
+    """
+    new = dict(entries)
+    first = min(new)
+    saved = []
+    for i, block in enumerate(blocks):
+        own = block.__dict__.get("forward")
+        orig = own if own is not None else type(block).forward.__get__(block)
+
+        def forward(*args, i=i, orig=orig, **kw):
+            h = args[0] if args else kw["hidden_states"]
+            if i < first:
+                return h  # never read: block `first` replaces its input
+            rows = new.get(i)
+            if i == first:
+                h = rows
+            elif rows is not None:
+                h = torch.cat([h, rows])
+            n = h.shape[0]
+            kw = {k: _rows(v, full, n) for k, v in kw.items()}
+            if args:
+                return orig(h, *(_rows(a, full, n) for a in args[1:]), **kw)
+            return orig(**{**kw, "hidden_states": h})
+
+        saved.append((block, own))
+        # The bridge's __setattr__ forwards unknown names to the wrapped HF module; bypass it.
+        object.__setattr__(block, "forward", forward)
+    try:
+        yield
+    finally:
+        for block, own in saved:
+            if own is None:
+                del block.__dict__["forward"]
+            else:
+                object.__setattr__(block, "forward", own)
+
+
+def run_entering(subject, input_ids: Tensor, attention_mask: Tensor, entries: Sequence[tuple[int, Tensor]],
+                 hooks: Sequence[tuple[Site, Callable]] = ()) -> Tensor:
+    """Logits of `input_ids` where rows enter block `layer` with the given `resid_pre` values.
+
+    `entries` is `[(layer, rows pos d_model), ...]` in increasing layer order; their rows,
+    concatenated, are the rows of `input_ids`/`attention_mask` (the tokens still set padding,
+    position ids and the attention mask). Exact for residual-stream patching: a row patched at
+    layer L is the corrupted run below L, so it can start at L from the cached residual.
+    """
+    if not can_enter_mid_stack(subject):
+        raise ValueError("run_entering: needs the 'tl' engine with a blocks stack and no active interventions")
+    layers = [layer for layer, _ in entries]
+    if layers != sorted(set(layers)):
+        raise ValueError(f"entries: expected strictly increasing layers, got {layers}")
+    full = input_ids.shape[0]
+    if sum(r.shape[0] for _, r in entries) != full:
+        raise ValueError(f"entries: {sum(r.shape[0] for _, r in entries)} rows for a batch of {full}")
+    with _entering(list(_bridge(subject).blocks), entries, full):
+        return subject.engine.run(input_ids, attention_mask, subject._hooks(hooks))
