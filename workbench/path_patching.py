@@ -86,9 +86,9 @@ class PathPatchingResult(Result):
 
     def top(self, threshold: float = 0.01, max_heads: int | None = None) -> tuple[Head, ...]:
         """Heads whose patch lowers p(correct) by >= threshold (relative), most harmful first."""
-        s = torch.nan_to_num(self.scores, nan=0.0)
+        s = self.scores  # NaN = not a sender: never selected (even at threshold 0)
         cand = [(float(s[layer, h]), layer, h) for layer in range(s.shape[0]) for h in range(s.shape[1])
-                if s[layer, h] <= -threshold]
+                if not torch.isnan(s[layer, h]) and s[layer, h] <= -threshold]
         cand.sort()
         return tuple((layer, h) for _, layer, h in cand[:max_heads])
 
@@ -118,18 +118,20 @@ def path_patching(subject, clean: Any, corrupt: Any, answers: Any, *, sender_pos
     to_logits = any(r.kind == "logits" for r in receivers)
     if to_logits and len(receivers) > 1:
         raise ValueError("receivers: 'logits' cannot be combined with head receivers")
-    r_min = a.n_layers if to_logits else min(r.layer for r in receivers)  # type: ignore[type-var]
     # Heads are frozen up to the last receiver (a receiver head's own z feeds later receivers).
     r_max = a.n_layers if to_logits else max(r.layer for r in receivers)  # type: ignore[type-var]
     for r in receivers:
         if r.kind != "logits" and not (0 <= r.layer < a.n_layers and 0 <= r.head < a.n_heads):  # type: ignore[operator]
             raise ValueError(f"receivers: {r} is outside the model ({a.n_layers} layers, {a.n_heads} heads)")
+    # A sender can reach every receiver above it; receivers at or below its layer are simply
+    # unaffected (their inputs stay clean), so senders may sit anywhere below the last receiver.
     if senders is None:
-        senders = [(layer, h) for layer in range(r_min) for h in range(a.n_heads)]
+        senders = [(layer, h) for layer in range(r_max) for h in range(a.n_heads)]
     senders = [(int(layer), int(h)) for layer, h in senders]
-    bad = [s for s in senders if not (0 <= s[0] < r_min and 0 <= s[1] < a.n_heads)]
+    bad = [s for s in senders if not (0 <= s[0] < r_max and 0 <= s[1] < a.n_heads)]
     if bad:
-        raise ValueError(f"senders: {bad[:3]} must be heads in layers below the receivers (< {r_min})")
+        raise ValueError(f"senders: {bad[:3]} must be heads in layers below the receivers (below the last "
+                         f"receiver's layer, < {r_max})")
     if max_rows < 1:
         raise ValueError(f"max_rows: expected >= 1, got {max_rows}")
     spos = positions_tensor(sender_pos, B, P, "sender_pos")
@@ -251,10 +253,10 @@ def search_groups(subject, clean: Any, corrupt: Any, answers: Any, positions: di
             senders = None
         else:
             recv = [Receiver(kind, layer, h) for layer, h in into]
-            lo = min(layer for layer, _ in into)
+            top = max(layer for layer, _ in into)
             # A head may sit in two groups at different positions, not twice at one position.
             taken = {hd for gg, hs in groups.items() for hd in hs if dict((e[0], e[2]) for e in spec)[gg] == key}
-            senders = [(layer, h) for layer in range(lo) for h in range(subject.arch.n_heads) if (layer, h) not in taken]
+            senders = [(layer, h) for layer in range(top) for h in range(subject.arch.n_heads) if (layer, h) not in taken]
             if not senders:
                 groups[g] = prev = ()
                 continue

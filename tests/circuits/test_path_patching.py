@@ -93,7 +93,8 @@ def test_group_search_structure_and_roundtrip(subj, data, tmp_path):
     assert set(gs.groups["A"]) == {(layer, h) for layer in range(a.scores.shape[0]) for h in range(a.scores.shape[1])
                                    if a.scores[layer, h] <= 0}
     if gs.groups["B"]:
-        assert max(layer for layer, _ in gs.groups["B"]) < min(layer for layer, _ in gs.groups["A"])
+        # senders lie below the last receiver (a receiver below a sender is unaffected by it)
+        assert max(layer for layer, _ in gs.groups["B"]) < max(layer for layer, _ in gs.groups["A"])
     g2 = GroupSearch.load(gs.save(tmp_path / "gs"))
     assert g2.groups == gs.groups
     torch.testing.assert_close(g2.scores["A"].scores, a.scores, equal_nan=True)
@@ -114,3 +115,14 @@ def test_bad_inputs(subj, data):
         path_patching(subj, c[:1], ["the cup is in box b . box b contains the"], eb.answers[:1])
     with pytest.raises(ValueError, match="positions"):
         search_groups(subj, c, k, eb.answers, {"last": -1})
+
+
+def test_a_receiver_below_the_sender_is_unaffected(subj, data):
+    """Senders may sit between the receivers' layers: receivers at or below a sender keep their
+    clean inputs, so adding one changes no score."""
+    c, k, eb = data
+    top = [Receiver("q", 2, 0)]
+    alone = path_patching(subj, c, k, eb.answers, receivers=top, senders=[(1, 0), (1, 1)])
+    both = path_patching(subj, c, k, eb.answers, receivers=[Receiver("q", 0, 1), *top], senders=[(1, 0), (1, 1)])
+    assert torch.equal(alone.scores.nan_to_num(), both.scores.nan_to_num())
+    assert not torch.isnan(both.scores[1, 0])
