@@ -67,11 +67,12 @@ def zoo_info(name: str = typer.Argument(..., help="Organism name, e.g. base, ent
 @zoo_app.command("build")
 def zoo_build(only: str = typer.Option(None, help="Rebuild just this organism (and what it needs)."),
               out: Path = typer.Option(None, help="Write checkpoints here instead of the package's zoo."),
-              reduced: bool = typer.Option(False, help="A quick, reduced rebuild (for checks).")):
+              reduced: bool = typer.Option(False, help="A quick, reduced rebuild (for checks)."),
+              start_stage: int = typer.Option(0, help="Resume --only's checkpoint after this many stages.")):
     """Retrain the organisms from their seeds (all of them: under an hour on 2 CPU cores)."""
     from workbench import zoo
 
-    zoo.build(only=only, out=out, reduced=reduced)
+    zoo.build(only=only, out=out, reduced=reduced, start_stage=start_stage)
 
 
 @app.command("app")
@@ -107,9 +108,8 @@ def diff(base: str = typer.Argument(..., help="Base model: zoo name, local path 
          html: Path = typer.Option(Path("diff.html"), help="Where to write the HTML report."),
          engine: str = typer.Option("tl", help="tl or nnsight.")):
     """Weight diff of a model pair: relative delta norm, effective rank, concentration per module."""
-    from workbench.diff import weight_diff
-
     from apps.pipeline import load_subject_spec
+    from workbench.diff import weight_diff
     from workbench.models import ModelPair
 
     pair = ModelPair(load_subject_spec(base, engine), load_subject_spec(tuned, engine))
