@@ -17,6 +17,7 @@ not (callers refuse those).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -77,15 +78,26 @@ class Decoded:
     ended: list[bool]  # stopped at EOS (else at max_new_tokens)
 
 
+def _ban_bias(vocab: int, banned: tuple[int, ...], device) -> Tensor | None:
+    """`vocab` additive bias: -inf at the banned tokens (built once per decode, not per step)."""
+    if not banned:
+        return None
+    bias = torch.zeros(vocab, device=device)
+    bias[list(banned)] = -math.inf
+    return bias
+
+
 def step_scores(logits_t: Tensor, logits_b: Tensor, *, alpha: float, gamma: float,
-                banned: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
-    """(objective, contrast), both `batch vocab`; objective is -inf outside the plausible set."""
+                banned: tuple[int, ...] = (), bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(objective, contrast), both `batch vocab`; objective is -inf outside the plausible set.
+
+    `bias` is `_ban_bias(vocab, banned)` precomputed (decoding loops); else `banned` is used.
+    """
     lpt = torch.log_softmax(logits_t.float(), -1)
     lpb = torch.log_softmax(logits_b.float(), -1)
-    sel = lpt
-    if banned:
-        sel = lpt.clone()
-        sel[:, list(banned)] = -math.inf
+    if bias is None and banned:
+        bias = _ban_bias(lpt.shape[-1], banned, lpt.device)
+    sel = lpt if bias is None else lpt + bias
     keep = sel >= sel.max(-1, keepdim=True).values + math.log(alpha)
     contrast = lpt - lpb
     objective = (lpt - gamma * lpb).masked_fill(~keep, -math.inf)
@@ -93,40 +105,99 @@ def step_scores(logits_t: Tensor, logits_b: Tensor, *, alpha: float, gamma: floa
 
 
 def _logits(model, ids: Tensor, cache):
-    out = model(input_ids=ids, cache=cache, use_cache=True)
+    out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1], out.past_key_values
 
 
-@torch.no_grad()
+@functools.cache
+def _prealloc_layer():
+    """An HF cache layer that writes into a buffer preallocated on its first update."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocLayer(DynamicLayer):
+        def __init__(self, length: int):
+            super().__init__()
+            self.length, self.grown, self._n = length, False, 0
+            self._k = self._v = torch.empty(0)
+
+        def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+            super().lazy_initialization(key_states, value_states)
+            self._k = key_states.new_empty(*key_states.shape[:2], self.length, key_states.shape[-1])
+            self._v = value_states.new_empty(*value_states.shape[:2], self.length, value_states.shape[-1])
+
+        def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            m = self._n + key_states.shape[-2]
+            if self.grown or m > self.length:  # longer than planned: grow as the stock layer does
+                self.grown = True
+                return super().update(key_states, value_states, *args, **kwargs)
+            self._k[:, :, self._n:m] = key_states
+            self._v[:, :, self._n:m] = value_states
+            self._n = m
+            self.keys, self.values = self._k[:, :, :m], self._v[:, :, :m]
+            return self.keys, self.values
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            if self.grown or not self._n:
+                super().reorder_cache(beam_idx)
+                return
+            self._k, self._v = self._k.index_select(0, beam_idx), self._v.index_select(0, beam_idx)
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+
+    return DynamicLayer, PreallocLayer
+
+
+def _cache(model, length: int):
+    """An HF `DynamicCache` whose full-attention layers write into buffers preallocated for
+    `length` positions, attention reading the filled part as a view. The stock layers grow by
+    `torch.cat`, re-copying every layer's keys and values at every step (a third of a decode
+    step's time on the small organisms). Same values, same shapes: the same numbers."""
+    from transformers import DynamicCache
+
+    dynamic, prealloc = _prealloc_layer()
+    cache = DynamicCache(config=model.config)
+    cache.layers = [prealloc(length) if type(layer) is dynamic else layer for layer in cache.layers]
+    return cache
+
+
+@torch.inference_mode()
 def sample(tuned, base, prefix: Tensor, *, n: int, max_new_tokens: int, alpha: float, gamma: float,
            temperature: float, eos: int | None, banned: tuple[int, ...], generator: torch.Generator) -> Decoded:
     """`n` samples from softmax(objective / temperature), batched, both models KV-cached."""
     ids = prefix.expand(n, -1).contiguous()
-    lt, ct = _logits(tuned, ids, None)
-    lb, cb = _logits(base, ids, None)
-    toks = torch.zeros(n, 0, dtype=torch.long)
-    cons = torch.zeros(n, 0)
+    total = ids.shape[1] + max_new_tokens
+    lt, ct = _logits(tuned, ids, _cache(tuned, total))
+    lb, cb = _logits(base, ids, _cache(base, total))
+    toks = torch.zeros(n, max_new_tokens, dtype=torch.long)  # preallocated, filled column by column
+    cons = torch.zeros(n, max_new_tokens)
     done = torch.zeros(n, dtype=torch.bool)
     length = torch.full((n,), max_new_tokens)
+    bias = _ban_bias(lt.shape[-1], banned, lt.device)
+    steps = max_new_tokens
     for step in range(max_new_tokens):
-        obj, con = step_scores(lt, lb, alpha=alpha, gamma=gamma, banned=banned)
+        obj, con = step_scores(lt, lb, alpha=alpha, gamma=gamma, bias=bias)
         probs = torch.softmax(obj / temperature, -1)
-        nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(ids.device)[:, 0]
-        toks = torch.cat([toks, nxt[:, None].cpu()], 1)
-        cons = torch.cat([cons, con.gather(1, nxt[:, None]).cpu()], 1)
+        nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(ids.device)
+        toks[:, step] = nxt[:, 0].cpu()
+        cons[:, step] = con.gather(1, nxt)[:, 0].cpu()
         if eos is not None:
-            newly = (nxt.cpu() == eos) & ~done
+            newly = (toks[:, step] == eos) & ~done
             length[newly] = step
             done |= newly
-        if bool(done.all()) or step == max_new_tokens - 1:
+            if bool(done.all()):
+                steps = step + 1
+                break
+        if step == max_new_tokens - 1:
             break
-        lt, ct = _logits(tuned, nxt[:, None], ct)
-        lb, cb = _logits(base, nxt[:, None], cb)
+        lt, ct = _logits(tuned, nxt, ct)
+        lb, cb = _logits(base, nxt, cb)
+    toks, cons = toks[:, :steps], cons[:, :steps]
     return Decoded([toks[i, : length[i]].tolist() for i in range(n)],
                    [cons[i, : length[i]].tolist() for i in range(n)], done.tolist())
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam(tuned, base, prefix: Tensor, *, n: int, num_beams: int, max_new_tokens: int, alpha: float,
          gamma: float, eos: int | None, banned: tuple[int, ...]) -> Decoded:
     """Beam search on the summed objective; the `n` best hypotheses (finished or cut at length).
@@ -136,16 +207,18 @@ def beam(tuned, base, prefix: Tensor, *, n: int, num_beams: int, max_new_tokens:
     """
     B = num_beams
     ids = prefix.expand(B, -1).contiguous()
-    lt, ct = _logits(tuned, ids, None)
-    lb, cb = _logits(base, ids, None)
+    total = ids.shape[1] + max_new_tokens
+    lt, ct = _logits(tuned, ids, _cache(tuned, total))
+    lb, cb = _logits(base, ids, _cache(base, total))
     score = torch.full((B,), -math.inf)
     score[0] = 0.0  # one live beam at the start: the others would be duplicates
     toks = torch.zeros(B, 0, dtype=torch.long)
     cons = torch.zeros(B, 0)
     finished: list[tuple[float, list[int], list[float], bool]] = []
+    bias = _ban_bias(lt.shape[-1], banned, lt.device)
     grown = False  # whether the live beams hold hypotheses cut at max_new_tokens
     for step in range(max_new_tokens):
-        obj, con = step_scores(lt, lb, alpha=alpha, gamma=gamma, banned=banned)
+        obj, con = step_scores(lt, lb, alpha=alpha, gamma=gamma, bias=bias)
         obj, con = obj.cpu(), con.cpu()
         V = obj.shape[-1]
         cand = score[:, None] + obj
