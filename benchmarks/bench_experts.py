@@ -19,7 +19,8 @@ from edits.experts import SwitchExperts
 
 
 def _interleaved(fa, fb, repeats: int) -> tuple[float, float]:
-    fa(), fb()  # warm-up
+    fa()  # warm-up
+    fb()
     ta, tb = [], []
     for _ in range(repeats):
         for f, ts in ((fa, ta), (fb, tb)):
@@ -41,7 +42,7 @@ def main() -> list[dict]:
         from workbench.tasks.behaviours import refusal
 
         models.insert(0, ("organism:moe", organism("moe"), [e.prompt for e in refusal(256, split="eval")]))
-    repeats = 3 if QUICK else 15
+    repeats = 3 if QUICK else 7  # interleaved medians; 15 made this the longest bench under load
     for label, path, texts in models:
         s = wb.load(path, engine="tl")
         toks = s.tokenize(texts)

@@ -43,7 +43,7 @@ def _allocated_mb(fn) -> float:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    return sum(max(0, e.self_cpu_memory_usage) for e in prof.events()) / 2**20
+    return sum(max(0, e.self_cpu_memory_usage) for e in (prof.events() or [])) / 2**20
 
 
 def _bench(label: str, path) -> list[dict]:

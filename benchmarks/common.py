@@ -17,6 +17,20 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUICK = os.environ.get("BENCH_QUICK") == "1"  # tiny sizes, for checking that benchmarks run
+# Every library on one thread by default (torch here, BLAS in the scikit-learn baseline), so a
+# ratio compares the code, not two thread pools contending on a small shared machine.
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+torch.set_num_threads(THREADS)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """(median seconds, last result) of `repeats` calls, no warm-up: for baselines too slow to run twice."""
+    ts, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts), out
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
