@@ -280,3 +280,20 @@ def _merge(path: Path, entries: dict) -> None:
     data["tokenizer"] = "word-level, shared by all organisms (workbench.tasks.build_tokenizer)"
     data["organisms"] = {k: data["organisms"][k] for k in ORDER if k in data["organisms"]}
     path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def record_reduced_rebuild(name: str = "novel-tuned") -> dict:
+    """Rebuild `name` with half its steps into a temporary directory and record the metrics in the
+    shipped manifest (`reduced_rebuild_metrics`), which the slow rebuild test compares against.
+    Run it after the shipped organism or its parent is rebuilt (a rebuild replaces the entry)."""
+    import tempfile
+
+    short = canonical(name)
+    start = time.time()
+    with tempfile.TemporaryDirectory() as d:
+        got = build(only=short, out=d, reduced=True, progress=False, threads=1)[short]["metrics"]
+    data = json.loads(MANIFEST.read_text())
+    data["organisms"][short]["reduced_rebuild_metrics"] = got
+    data["organisms"][short]["reduced_rebuild_seconds"] = round(time.time() - start, 1)
+    MANIFEST.write_text(json.dumps(data, indent=1) + "\n")
+    return got
