@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import torch
-from common import QUICK, large_llama, median_time, organism, random_texts, row
+from common import QUICK, interleaved, large_llama, organism, random_texts, row
 
 import workbench as wb
 
@@ -53,10 +53,11 @@ def main() -> list[dict]:
                 rows.append({"bench": "capture", "model": label, "workbench": f"{engine}: {e}"})
                 continue
             sites = s.sites("resid_post")
-            base_t = median_time(lambda s=s: _hf_capture(s, plain, texts, 64), repeats=2)
-            bare_t = median_time(lambda s=s: _hf_capture(s, plain, texts, 64, hidden=False), repeats=2)
-            ours_t = median_time(lambda s=s, sites=sites: s.capture(texts, sites, batch_size=64, progress=False),
-                                 repeats=2)
+            t = interleaved({"base": lambda s=s: _hf_capture(s, plain, texts, 64),
+                             "bare": lambda s=s: _hf_capture(s, plain, texts, 64, hidden=False),
+                             "ours": lambda s=s, sites=sites: s.capture(texts, sites, batch_size=64, progress=False)},
+                            repeats=3 if label.startswith("organism") else 2)
+            base_t, bare_t, ours_t = t["base"], t["bare"], t["ours"]
             rows.append(row("capture resid_post (all layers)", label, "HF output_hidden_states", base_t,
                             f"capture ({engine})", ours_t, "<= 1.25x (tl)",
                             (ours_t / base_t <= 1.25) if engine == "tl" else None, prompts=len(texts),

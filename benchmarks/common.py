@@ -23,6 +23,21 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 torch.set_num_threads(THREADS)
 
 
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, run in rounds (a, b, c, a, b, c, ...) so that load on a
+    shared machine hits all of them alike, instead of whichever happened to run during a burst."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     """(median seconds, last result) of `repeats` calls, no warm-up: for baselines too slow to run twice."""
     ts, out = [], None
