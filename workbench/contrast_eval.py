@@ -56,12 +56,13 @@ class ExplorationEval(Result):
     def coverage_at(self, k: int) -> pd.DataFrame:
         """Coverage after the first k generations, per method and seed (compare methods at equal n)."""
         cc = self.coverage_curve()
-        return cc[cc["k"] == k].reset_index(drop=True)
+        return pd.DataFrame(cc.loc[cc["k"] == k]).reset_index(drop=True)
 
     def coverage_curve(self) -> pd.DataFrame:
         """Coverage after each of the first k generations, per method and seed."""
         rows = []
-        for (m, s), g in self.generations.groupby(["method", "seed"], sort=False):
+        for key, g in self.generations.groupby(["method", "seed"], sort=False):
+            m, s = key  # type: ignore[misc]  # a 2-tuple: grouped by two columns
             seen: set[str] = set()
             for k, lab in enumerate(g.sort_values("index")["label"], start=1):
                 if isinstance(lab, str) and lab in self.domains:
