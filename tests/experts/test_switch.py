@@ -130,10 +130,14 @@ def test_stacking_revert_and_save_load(tmp_path):
         with e2.applied(s):
             both = s.forward(TEXTS)
             assert R.active_switches(s)[0].force == {2}
-            assert R.experts_module(s, 1)._is_expert_parallel  # the sentinel slot is honoured
+            # layer 0 drops a selected expert: the sentinel slot is honoured on that call; layer 1 only
+            # masks (no sentinel), so its experts run the stock path untouched
+            assert R.experts_module(s, 0)._is_expert_parallel
+            assert not R.experts_module(s, 1)._is_expert_parallel
         assert torch.equal(s.forward(TEXTS), one)
     assert torch.equal(s.forward(TEXTS), base) and not R.active_switches(s)
     assert not any(R.experts_module(s, ly)._is_expert_parallel for ly in s.arch.moe_layers)
+    assert not any("forward" in R.experts_module(s, ly).__dict__ for ly in s.arch.moe_layers)
     with SwitchExperts(off=[(0, 1), (1, 3)], on=[(0, 2)], mode="mask_logits").applied(s):
         pass
     assert not torch.equal(both, one)
@@ -179,3 +183,22 @@ def test_example_has_a_visible_effect():
     base = s.forward(TEXTS)
     with SwitchExperts.example(s).applied(s):
         assert (s.forward(TEXTS) - base).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", [f for f, e in CASES if e == "tl"])
+def test_sentinel_fast_path_matches_stock_grouped_mm(family, monkeypatch):
+    """On CPU a call with dropped slots skips the stock grouped_mm's full-size sentinel masking
+    (`_grouped_mm_without_sentinels`): same logits bit for bit as the stock flag path."""
+    s = subject(family, "tl")
+    a = s.arch
+    edit = SwitchExperts(off=[(ly, e) for ly in a.moe_layers for e in (0, a.n_experts - 1)])
+    calls = []
+    fast = R._grouped_mm_without_sentinels
+    monkeypatch.setattr(R, "_grouped_mm_without_sentinels", lambda *x: calls.append(1) or fast(*x))
+    with edit.applied(s):
+        got = s.forward(TEXTS)
+    assert calls  # the fast path ran
+    monkeypatch.setattr(R, "_stock_grouped_mm", lambda ex: False)
+    with edit.applied(s):
+        stock = s.forward(TEXTS)
+    assert torch.equal(got, stock)

@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -183,7 +184,7 @@ def route(sp: RouterSpec, logits: Tensor, module: nn.Module | None = None, *, ma
             top /= top.sum(dim=-1, keepdim=True)
         return (top if sp.family == "mixtral" else top.to(logits.dtype)), idx
     # sigmoid, group-limited (DeepSeek-V3)
-    bias = module.e_score_correction_bias if module is not None else torch.zeros(sp.n_experts)
+    bias = cast(Tensor, module.e_score_correction_bias) if module is not None else torch.zeros(sp.n_experts)
     scores = logits.sigmoid()
     choice = scores + bias
     if mask is not None:
@@ -208,16 +209,26 @@ def drop(weights: Tensor, indices: Tensor, off: Tensor, n_experts: int) -> tuple
     """Remove the slots of `off` experts (bool `n_experts`): sentinel index, weight 0, and the
     token's remaining weights rescaled to its original total. Tokens without such a slot are
     returned untouched (bit-identical)."""
-    lookup = torch.cat([off.to(indices.device), off.new_zeros(1)])  # the sentinel is never "off"
+    w, idx, _ = _drop(weights, indices, _sentinel_lookup(off, indices.device), n_experts)
+    return w, idx
+
+
+def _sentinel_lookup(off: Tensor, device) -> Tensor:
+    """`off` extended by the sentinel slot (never "off"), indexable by a routing index."""
+    return torch.cat([off, off.new_zeros(1)]).to(device)
+
+
+def _drop(weights: Tensor, indices: Tensor, lookup: Tensor, n_experts: int) -> tuple[Tensor, Tensor, bool]:
+    """`drop` with a prebuilt lookup; also says whether any slot was dropped."""
     hit = lookup[indices]
     if not bool(hit.any()):
-        return weights, indices
+        return weights, indices, False
     kept = weights.masked_fill(hit, 0)
     total, ksum = weights.sum(-1, keepdim=True), kept.sum(-1, keepdim=True)
     factor = torch.where(ksum > 0, total / torch.where(ksum > 0, ksum, torch.ones_like(ksum)),
                          torch.zeros_like(ksum))
     touched = hit.any(-1, keepdim=True)
-    return torch.where(touched, kept * factor, weights), indices.masked_fill(hit, n_experts)
+    return torch.where(touched, kept * factor, weights), indices.masked_fill(hit, n_experts), True
 
 
 # --- hooks on the router modules -------------------------------------------------------------
@@ -256,9 +267,64 @@ class LayerSwitch:
 
 
 def experts_module(subject, layer: int) -> nn.Module | None:
-    """The fused experts of an MoE layer (owner of `mlp.experts.gate_up_proj`), if found."""
-    name = f"model.layers.{layer}.mlp.experts.gate_up_proj"
-    return _owner(subject.hf_model, subject.params[name]) if name in subject.params else None
+    """The fused experts of an MoE layer (owner of `mlp.experts.gate_up_proj`), if found (cached)."""
+    cache = subject.__dict__.setdefault("_wb_experts", {})
+    if layer not in cache:
+        name = f"model.layers.{layer}.mlp.experts.gate_up_proj"
+        cache[layer] = _owner(subject.hf_model, subject.params[name]) if name in subject.params else None
+    return cache[layer]
+
+
+def _grouped_mm_without_sentinels(self: nn.Module, hidden_states: Tensor, top_k_index: Tensor,
+                                  top_k_weights: Tensor) -> Tensor:
+    """transformers' `grouped_mm_experts_forward`, op for op, for a call with sentinel slots.
+
+    The stock function honours the sentinel (with `_is_expert_parallel` set) by masking the
+    full `(slots, 2 d_mlp)` and `(slots, d_model)` outputs of both grouped matmuls, ~2 ms per
+    layer on CPU for the tiny organism. Here the sentinel slots (sorted to the tail, outside the
+    grouped_mm offsets) are never gathered: the same sort, offsets and per-expert matmuls run on
+    the valid rows only, and the sentinel slots contribute exact zeros to the per-token sum (as
+    their zero weight does in the stock path). Same numbers (tested bit-exact on CPU).
+    """
+    from transformers.integrations.moe import _grouped_linear
+
+    k = top_k_index.size(-1)
+    n_tok, d = hidden_states.size(0), hidden_states.size(-1)
+    sample_weights = top_k_weights.reshape(-1)
+    expert_ids_g, perm = torch.sort(top_k_index.reshape(-1))
+    n_experts = int(cast(int, self.num_experts))
+    hist = expert_ids_g.float() if hidden_states.device.type in ("cpu", "mps") else expert_ids_g.int()
+    tokens_per_expert = torch.histc(hist, bins=n_experts, min=0, max=n_experts - 1)
+    offsets = torch.cumsum(tokens_per_expert, dim=0, dtype=torch.int32)
+    n = int(offsets[-1])  # rows routed to a real expert (CPU only: no device sync)
+    perm, ids = perm[:n], expert_ids_g[:n]
+    x = hidden_states[perm // k]
+    if self.has_gate:
+        w_up, b_up = self.gate_up_proj, (self.gate_up_proj_bias[ids] if self.has_bias else None)
+    else:
+        w_up, b_up = self.up_proj, (self.up_proj_bias[ids] if self.has_bias else None)
+    h = _grouped_linear(x, w_up, offsets, bias=b_up, is_transposed=self.is_transposed)
+    h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
+    h = _grouped_linear(h, self.down_proj, offsets, bias=self.down_proj_bias[ids] if self.has_bias else None,
+                        is_transposed=self.is_transposed)
+    if self.has_post_expert_norm:
+        h = self.post_expert_norm(h)
+    h = h * sample_weights[perm].unsqueeze(-1)
+    out = h.new_zeros(perm.numel() + (top_k_index.numel() - n), d)
+    out[perm] = h
+    return out.view(n_tok, k, d).sum(dim=1).to(hidden_states.dtype)
+
+
+def _stock_grouped_mm(experts: nn.Module) -> bool:
+    """Whether `experts` dispatches to transformers' own grouped_mm forward (the one mirrored above)."""
+    try:
+        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, grouped_mm_experts_forward
+    except ImportError:
+        return False
+    impl = getattr(getattr(experts, "config", None), "_experts_implementation", None)
+    return (impl == "grouped_mm" and ALL_EXPERTS_FUNCTIONS.get("grouped_mm") is grouped_mm_experts_forward
+            and all(hasattr(experts, a) for a in ("num_experts", "has_gate", "has_bias", "is_transposed",
+                                                  "has_post_expert_norm", "down_proj")))
 
 
 class _Board:
@@ -267,8 +333,11 @@ class _Board:
     A dropped slot carries HF's sentinel index (== n_experts). The eager experts loop skips it
     always; the fused `grouped_mm`/`batched_mm` kernels (the default) honour it only when the
     module's `_is_expert_parallel` flag is set (otherwise grouped_mm leaves that row
-    uninitialised, which times a zero weight can still be NaN). So while a board exists the
-    flag is set on that layer's experts, and restored when it goes.
+    uninitialised, which times a zero weight can still be NaN). So on a call whose routing has
+    a sentinel slot the flag is set on that layer's experts (and restored on the next call
+    without one, and when the board goes): a call without one runs the stock path untouched.
+    On CPU with the stock `grouped_mm`, such a call runs `_grouped_mm_without_sentinels`
+    (the same numbers without the stock path's full-size masking).
     """
 
     def __init__(self, module: nn.Module, outer: nn.Module, sp: RouterSpec, experts: nn.Module | None):
@@ -276,8 +345,12 @@ class _Board:
         self.entries: list[tuple[object, LayerSwitch]] = []
         self.experts = experts if experts is not None and hasattr(experts, "_is_expert_parallel") else None
         self._ep = self.experts._is_expert_parallel if self.experts is not None else None
-        if self.experts is not None:
-            self.experts._is_expert_parallel = True
+        self._sentinel = False  # whether the last routing this board returned had a dropped slot
+        self._own_forward = False
+        if self.experts is not None and "forward" not in self.experts.__dict__:
+            # An instance attribute, so only this layer's experts see it (removed in `close`).
+            self.experts.__dict__["forward"] = self._experts_forward
+            self._own_forward = True
         self.handle = outer.register_forward_hook(self._hook)
         self._merge()
 
@@ -285,6 +358,16 @@ class _Board:
         self.handle.remove()
         if self.experts is not None:
             self.experts._is_expert_parallel = self._ep
+            if self._own_forward and self.experts.__dict__.get("forward") == self._experts_forward:
+                del self.experts.__dict__["forward"]
+
+    def _experts_forward(self, hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor, *args, **kw):
+        ex = self.experts
+        assert ex is not None
+        if (self._sentinel and not args and not kw and hidden_states.device.type == "cpu"
+                and _stock_grouped_mm(ex)):
+            return _grouped_mm_without_sentinels(ex, hidden_states, top_k_index, top_k_weights)
+        return type(ex).forward(ex, hidden_states, top_k_index, top_k_weights, *args, **kw)
 
     def _merge(self) -> None:
         n = self.spec.n_experts
@@ -303,15 +386,23 @@ class _Board:
         # Masked experts are also dropped: in a degenerate group-limited case top-k could still
         # reach one, and "switched off" must mean never computed.
         self.drop = vec(i for s in e for i in s.drop | s.mask)
+        self._lookups: dict[torch.device, Tensor] = {}  # `drop` + sentinel slot, per device
 
     def _hook(self, module, args, out):
         logits, w, idx = out
+        dev = logits.device
         if self.mask is not None or self.force is not None:
-            dev = logits.device
             w, idx = route(self.spec, logits, self.module, mask=None if self.mask is None else self.mask.to(dev),
                            force=None if self.force is None else self.force.to(dev))
+        sentinel = False
         if self.drop is not None:
-            w, idx = drop(w, idx, self.drop, self.spec.n_experts)
+            lookup = self._lookups.get(idx.device)
+            if lookup is None:
+                lookup = self._lookups[idx.device] = _sentinel_lookup(self.drop, idx.device)
+            w, idx, sentinel = _drop(w, idx, lookup, self.spec.n_experts)
+        self._sentinel = sentinel
+        if self.experts is not None:
+            self.experts._is_expert_parallel = True if sentinel else self._ep
         return logits, w, idx
 
 
