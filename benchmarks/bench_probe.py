@@ -1,6 +1,8 @@
-"""Probe sweep over all layers: the workbench's batched Newton fit (all layers at once,
-folds warm-started) vs a scikit-learn `LogisticRegression` loop per layer and fold, on the
-same features and folds. Reports both held-out accuracies and the time ratio."""
+"""Probe sweep over all layers: the workbench's batched fits vs a scikit-learn
+`LogisticRegression` loop per layer and fold, on the same features and folds. The default
+solver (preconditioned L-BFGS over all layers x folds at once) is the row with the target; the
+former batched Newton (all layers at once, folds warm-started) is reported beside it, timed in
+the same run. Reports held-out accuracy gaps to scikit-learn and the time ratios."""
 
 from __future__ import annotations
 
@@ -54,16 +56,19 @@ def main() -> list[dict]:
         X, y = _data(label, path, n)
         folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y).long()
-        # scikit-learn takes ~40 s per sweep on the larger model: time the runs that give its accuracy.
-        base_t, sk_acc = timed(lambda X=X, y=y, folds=folds: _sklearn_sweep(X, y, folds),
-                               3 if label.startswith("organism") else 1)
-        ours_acc = cv_accuracy_batched(Xt, yt, folds).numpy()
-        ours_t = median_time(lambda: cv_accuracy_batched(Xt, yt, folds), repeats=5)
-        gap = float(np.abs(sk_acc.mean(1) - ours_acc.mean(1)).max())
-        rows.append(row("probe sweep (5-fold, all layers)", label, "sklearn LogisticRegression loop", base_t,
-                        "batched Newton", ours_t, ">= 5x faster, acc within 1 pt",
-                        base_t / ours_t >= 5 and gap <= 0.01, speedup=round(base_t / ours_t, 2),
-                        max_acc_gap=round(gap, 4), layers=X.shape[0], n=n, d=X.shape[2]))
+        # scikit-learn takes ~1.3-2.5 s per sweep on the larger model (one thread): time the runs
+        # that give its accuracy.
+        base_t, sk_acc = timed(lambda X=X, y=y, folds=folds: _sklearn_sweep(X, y, folds), 3)
+        for solver, name in (("lbfgs", "batched L-BFGS (layers x folds)"), ("newton", "batched Newton (former)")):
+            ours_acc = cv_accuracy_batched(Xt, yt, folds, solver=solver).numpy()
+            ours_t = median_time(lambda solver=solver: cv_accuracy_batched(Xt, yt, folds, solver=solver), repeats=5)
+            gap = float(np.abs(sk_acc.mean(1) - ours_acc.mean(1)).max())
+            target = solver == "lbfgs"
+            rows.append(row("probe sweep (5-fold, all layers)", label, "sklearn LogisticRegression loop", base_t,
+                            name, ours_t, ">= 5x faster, acc within 1 pt" if target else "reported",
+                            (base_t / ours_t >= 5 and gap <= 0.01) if target else None,
+                            speedup=round(base_t / ours_t, 2), max_acc_gap=round(gap, 4), layers=X.shape[0], n=n,
+                            d=X.shape[2]))
     return rows
 
 
