@@ -17,6 +17,7 @@ to solver tolerance (tests check this). Two solvers:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -206,6 +207,8 @@ def _lbfgs_folds(X: Tensor, yv: Tensor, train: Tensor, reg: Tensor, *, tol: floa
             continue
         fresh = False
         if it >= max_iter:
+            warnings.warn(f"L-BFGS stopped at max_iter={max_iter} with {int((~done).sum())} of {done.numel()} "
+                          "layer x fold problems above the gradient tolerance", RuntimeWarning, stacklevel=3)
             break
         it += 1
         since += 1

@@ -113,3 +113,10 @@ def test_cv_solvers_agree():
     assert (a - b).abs().max() <= 1 / 60 + 1e-9
     with pytest.raises(ValueError, match="solver"):
         cv_accuracy_batched(X, y, folds, solver="sgd")
+
+
+def test_lbfgs_warns_when_max_iter_stops_it():
+    X, y = _data(seed=6)
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(np.zeros(len(y)), y.numpy()))
+    with pytest.warns(RuntimeWarning, match="max_iter"):
+        fit_logistic_folds(X, y, folds, max_iter=1, tol=1e-9)
