@@ -160,8 +160,8 @@ def _lbfgs_folds(X: Tensor, yv: Tensor, train: Tensor, reg: Tensor, *, tol: floa
     inverse Hessian is the inverse of the Hessian at w = 0 (`X^T X / 4` over a fold's share of
     the rows, plus the penalty), scaled each step by `s'y / y'P^-1 y`. The preconditioner is
     re-formed with the current curvature weights `p (1 - p)` (per row, averaged over folds) and
-    the memory restarted when their mean over the training rows has moved by more than 2x from
-    the one it was formed with (or after `refresh` steps). On (near-)separable data, e.g.
+    the memory restarted when, in any layer, their mean over the folds' training rows has moved
+    by more than 2x from the one it was formed with (or after `refresh` steps). On (near-)separable data, e.g.
     mean-pooled features far from the origin, the solution's curvature is ~100x below w = 0's
     and this is what keeps the iteration count low; where it stays near 1/4 (8 x d512 random
     features) the one `X^T X` is all. Problems stop on scikit-learn's test
@@ -194,7 +194,7 @@ def _lbfgs_folds(X: Tensor, yv: Tensor, train: Tensor, reg: Tensor, *, tol: floa
     Y: list[Tensor] = []
     rho: list[Tensor] = []
     it = since = 0
-    ref = 0.25  # the mean curvature weight the preconditioner was formed with
+    ref = torch.full((L,), 0.25, dtype=torch.float64)  # the mean curvature weights the preconditioner was formed with
     fresh = False
     while True:
         done = g.abs().amax(-1) <= tol * ntr
@@ -214,8 +214,8 @@ def _lbfgs_folds(X: Tensor, yv: Tensor, train: Tensor, reg: Tensor, *, tol: floa
         since += 1
         p = torch.sigmoid(z)
         curv = p * (1 - p)
-        now = float(((curv * train).sum(-1) / ntr).mean())
-        if since > refresh or (since > 1 and not 0.5 * ref <= now <= 2 * ref):
+        now = ((curv * train).sum(-1) / ntr).mean(1)  # per layer
+        if since > refresh or (since > 1 and bool(((now < ref / 2) | (now > 2 * ref)).any())):
             pinv = _precond_inv(X, curv.mean(1).float(), reg, frac)
             S, Y, rho, since, ref = [], [], [], 1, now
         q = -g

@@ -86,15 +86,22 @@ def test_lbfgs_folds_match_sklearn_coefficients():
             assert abs(icpt[layer, j].item() - m.intercept_[0]) < 2e-3
 
 
-def test_lbfgs_meets_sklearn_stopping_test_on_separable_offset_data():
-    """Separable features far from the origin (as mean-pooled hidden states are): the solution's
-    curvature is far below w = 0's, the case the preconditioner refresh is for. Every fold must
-    pass scikit-learn's gradient test and reach an objective no worse than scikit-learn's."""
+def test_lbfgs_meets_sklearn_stopping_test_on_separable_offset_data(monkeypatch):
+    """Separable features far from the origin (as mean-pooled hidden states are) in layer 0, noise
+    in layer 1: layer 0's curvature at the solution is far below w = 0's, the case the
+    preconditioner is re-formed for. Every fold must pass scikit-learn's gradient test and reach
+    an objective no worse than scikit-learn's."""
+    import probes.batched as pb
+
+    formed = []
+    orig = pb._precond_inv
+    monkeypatch.setattr(pb, "_precond_inv", lambda *a: formed.append(1) or orig(*a))
     g = torch.Generator().manual_seed(4)
     X = torch.randn(2, 400, 24, generator=g) + 5 * torch.randn(24, generator=g)
-    y = (X[:, :, :3].sum(-1)[0] > X[0, :, :3].sum(-1).median()).long()
+    y = (X[0, :, :3].sum(-1) > X[0, :, :3].sum(-1).median()).long()
     folds = list(StratifiedKFold(4, shuffle=True, random_state=0).split(np.zeros(len(y)), y.numpy()))
     coef, icpt = fit_logistic_folds(X, y, folds, tol=1e-4)
+    assert len(formed) >= 2  # the refresh ran
     for layer in range(X.shape[0]):
         for j, (tr, _) in enumerate(folds):
             Xl, yl = X[layer, tr].numpy(), y[tr].numpy()
