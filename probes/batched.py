@@ -11,7 +11,8 @@ to solver tolerance (tests check this). Two solvers:
   L-BFGS on all layers x folds at once. No Hessian per fold or step: one `X^T X` per layer
   (the Hessian at w = 0) is the preconditioner, and each iteration reads the features twice
   (one product for the search direction's logits, one for the gradient) for every fold at
-  once. The line search is exact and costs no pass over X (logits are linear in the step).
+  once. The line search (a few safeguarded Newton steps on the step length) costs no pass
+  over X: the logits are linear in the step.
 """
 
 from __future__ import annotations
