@@ -203,11 +203,14 @@ class ProbeSweep(Result):
 
 def probe_sweep(subject, texts: Sequence[str], labels: Sequence, sites: Sequence[Site], *, cv: int = 5,
                 seed: int = 0, pooling: str = "mean", probe: BehaviorProbe | None = None,
-                features: dict[Site, np.ndarray] | None = None) -> ProbeSweep:
+                features: dict[Site, np.ndarray] | None = None, solver: str = "probe", C: float = 1.0
+                ) -> ProbeSweep:
     """Stratified `cv`-fold held-out accuracy of a probe at each site (one capture pass).
 
-    `probe` is the estimator to clone per fold (default: the paper's `BehaviorProbe()`);
-    `features` skips the capture when the caller already collected them.
+    `solver="probe"`: `probe` is the estimator to clone per fold (default: the paper's
+    `BehaviorProbe()`). `solver="batched"`: scikit-learn's L2 logistic regression (`C`) for every
+    site and fold in one L-BFGS run (`probes.batched`; sites of equal width), 8-9x faster than a
+    scikit-learn loop on an 8 x d512 model. `features` skips the capture when already collected.
     """
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
@@ -221,6 +224,24 @@ def probe_sweep(subject, texts: Sequence[str], labels: Sequence, sites: Sequence
     feats = features if features is not None else collect_features(subject, texts, sites, pooling)
     est = probe if probe is not None else BehaviorProbe(random_state=seed)
     folds = list(StratifiedKFold(cv, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    if solver == "batched":
+        import torch
+
+        from probes.batched import cv_accuracy_batched
+
+        if probe is not None:
+            raise ValueError("probe: the batched solver fits its own L2 logistic regression; pass solver='probe'")
+        widths = {feats[s].shape[1] for s in sites}
+        if len(widths) != 1:
+            raise ValueError(f"sites: the batched solver needs features of one width, got {sorted(widths)}")
+        classes = np.unique(y)
+        if len(classes) != 2:
+            raise ValueError(f"labels: the batched solver is binary, got classes {classes.tolist()}")
+        X = torch.as_tensor(np.stack([feats[s] for s in sites]), dtype=torch.float32)
+        got = cv_accuracy_batched(X, torch.as_tensor(y == classes[1], dtype=torch.float32), folds, C=C)
+        return ProbeSweep(tuple(sites), tuple(tuple(float(a) for a in row) for row in got), pooling, cv, seed, len(y))
+    if solver != "probe":
+        raise ValueError(f"solver: expected 'probe' or 'batched', got {solver!r}")
     acc = []
     for s in sites:
         X = feats[s]

@@ -179,3 +179,26 @@ def test_probe_sweep_finds_a_linear_signal(subject):
     assert res.summary()["mean"].max() > 0.9
     with pytest.raises(ValueError, match="labels"):
         probe_sweep(subject, texts, labels[:-1], subject.sites("resid_post"))
+
+
+def test_batched_sweep_equals_a_sklearn_logistic_regression_sweep(subject):
+    """solver='batched' = scikit-learn's LogisticRegression per site and fold, all solved at once."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    texts = [" ".join(rng.choice(WORDS[6:40], size=6)) for _ in range(120)]
+    labels = np.where(np.arange(120) % 2 == 1, "toxic", "ok")
+    texts = [t + (" apple" if y == "toxic" else " car") for t, y in zip(texts, labels, strict=True)]
+    sites = subject.sites("resid_post")
+    feats = collect_features(subject, texts, sites)
+    ours = probe_sweep(subject, texts, labels, sites, cv=4, seed=0, features=feats, solver="batched")
+    ref = probe_sweep(subject, texts, labels, sites, cv=4, seed=0, features=feats,
+                      probe=LogisticRegression(tol=1e-8, max_iter=10_000))  # type: ignore[arg-type]
+    gap = np.abs(np.array(ours.accuracy) - np.array(ref.accuracy)).max()
+    assert gap <= 1 / 30 + 1e-9, (ours.accuracy, ref.accuracy)  # at most one of 30 held-out rows per fold
+    with pytest.raises(ValueError, match="solver"):
+        probe_sweep(subject, texts, labels, sites, features=feats, solver="adam")
+    with pytest.raises(ValueError, match="probe"):
+        probe_sweep(subject, texts, labels, sites, features=feats, solver="batched", probe=BehaviorProbe())
+    with pytest.raises(ValueError, match="one width"):
+        probe_sweep(subject, texts, labels, [sites[0], Site(0, "mlp_post")], solver="batched")
