@@ -63,7 +63,11 @@ def run_cmap(ctx: Ctx, cfg: dict) -> StepOutput:
     ex = entity_tracking(n, seed=ctx.spec.seed, split="eval", n_objects=k)
     cor = entity_tracking(n, seed=ctx.spec.seed + 1, split="eval", n_objects=k)
     eb, ek = entity_batch(pair.base, ex), entity_batch(pair.base, cor)
-    search = search_groups(pair.base, list(eb.prompts), list(ek.prompts), eb.answers, eb.positions, threshold=0.01)
+    from workbench.path_patching import ADJACENT_GROUPS, ENTITY_GROUPS
+
+    spec = ADJACENT_GROUPS if cfg["groups"] == "adjacent" else ENTITY_GROUPS
+    search = search_groups(pair.base, list(eb.prompts), list(ek.prompts), eb.answers, eb.positions, threshold=0.01,
+                           spec=spec, max_heads=cfg["max_heads"] or None)
     circuit = search.circuit()
     seeds = range(3 if ctx.reduced else 10)
     fb = faithfulness(pair.base, list(eb.prompts), eb.answers, circuit, eb.positions, seeds=seeds, chance=1 / k)
@@ -82,7 +86,10 @@ def run_cmap(ctx: Ctx, cfg: dict) -> StepOutput:
                        "cmap": f.to_dict("list")})
 
 
-CMAP = {"tuned": Field(str, help="the tuned subject's name"), "n": Field(int, 64), "n_objects": Field(int, 4)}
+CMAP = {"tuned": Field(str, help="the tuned subject's name"), "n": Field(int, 64), "n_objects": Field(int, 4),
+        "groups": Field(str, "adjacent", ("adjacent", "paper"),
+                        help="group search: the organisms' adjacent format or the paper's object-first one"),
+        "max_heads": Field(int, 4, help="heads kept per group (0: no cap, only the 1 % rule)")}
 
 
 # --- CGE ---------------------------------------------------------------------------------------

@@ -171,6 +171,8 @@ class Edit:
         if not (p / "edit.json").exists():
             raise FileNotFoundError(f"Edit.load: no edit.json in {str(p)!r}")
         meta = json.loads((p / "edit.json").read_text())
+        if meta.get("method", "") not in REGISTRY:
+            _import_builtin_edits()  # a fresh process may not have imported the module that registers it
         cls = REGISTRY.get(meta.get("method", ""))
         if cls is None:
             raise ValueError(f"Edit.load: unknown method {meta.get('method')!r}; known: {sorted(REGISTRY)}")
@@ -279,3 +281,11 @@ def _check_width(method: str, subject, iv: Intervention) -> None:
         if width is not None and isinstance(t, Tensor) and t.ndim >= 1 and t.shape[-1] not in (1, width):
             raise ValueError(f"{method}: {type(iv).__name__}.{f} at {iv.site} has last axis {t.shape[-1]}, but "
                              f"{subject.name!r} has width {width} there; this edit was made for another model")
+
+
+def _import_builtin_edits() -> None:
+    """Import the workbench's own edit modules, so their methods are in REGISTRY."""
+    import importlib
+
+    for name in ("edits.surgery", "edits.steer", "edits.experts", "edits.graft"):
+        importlib.import_module(name)

@@ -56,13 +56,20 @@ class Circuit(Result):
         return Circuit(groups={n: self.groups[n] for n in names}, positions={n: self.positions[n] for n in names})
 
     def random_like(self, n_layers: int, n_heads: int, seed: int) -> Circuit:
-        """Same group sizes and positions, heads drawn at random (the control)."""
+        """Same group sizes and positions, heads drawn at random (the control). Like a searched
+        circuit, a head appears at most once per position (it may recur at another position)."""
         rng = random.Random(seed)
-        pool = rng.sample([(layer, h) for layer in range(n_layers) for h in range(n_heads)], self.size)
-        groups, i = {}, 0
+        every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+        used: dict[str, set] = {}
+        groups = {}
         for g, hs in self.groups.items():
-            groups[g] = tuple(pool[i:i + len(hs)])
-            i += len(hs)
+            taken = used.setdefault(self.positions[g], set())
+            free = [hd for hd in every if hd not in taken]
+            if len(hs) > len(free):
+                raise ValueError(f"group {g}: {len(hs)} heads at position {self.positions[g]!r}, but only "
+                                 f"{len(free)} heads are not already used there")
+            groups[g] = tuple(rng.sample(free, len(hs)))
+            taken.update(groups[g])
         return Circuit(groups=groups, positions=dict(self.positions))
 
     def to_frame(self) -> pd.DataFrame:

@@ -226,6 +226,13 @@ class GroupSearch(Result):
 
 # (group, receiver kind into the previous group, sender/receiver position key)
 ENTITY_GROUPS = (("A", "logits", "last"), ("B", "q", "last"), ("C", "v", "query_label"), ("D", "v", "earlier"))
+# The same backwards search for the organisms' adjacent format ('box f apple , ... . box f'), where
+# the queried label is the last token (so there is no separate query-label position): B feeds A's
+# queries at the last token, C and D A's keys and values at the answer object, E C's values at the
+# label's earlier mention (the paper's group D, one step further back). A 4th field names the
+# group fed.
+ADJACENT_GROUPS = (("A", "logits", "last"), ("B", "q", "last", "A"), ("C", "k", "object", "A"),
+                   ("D", "v", "object", "A"), ("E", "v", "earlier", "C"))
 
 
 def search_groups(subject, clean: Any, corrupt: Any, answers: Any, positions: dict[str, Any], *,

@@ -14,14 +14,15 @@ from workbench import zoo
 from workbench.circuits import entity_batch, faithfulness
 from workbench.cmap import cmap
 from workbench.patching import LogitDiff, activation_patching, attribution_patching, rank_agreement
-from workbench.path_patching import search_groups
+from workbench.path_patching import ADJACENT_GROUPS, search_groups
 from workbench.tasks import entity_tracking
 
 pytestmark = pytest.mark.slow
 N_OBJECTS, N = 4, 64
 # The organisms read "box L O , ... . box L": groups B-D feed A's query (last token) and its key/value at
-# the answer object's position (see notebooks/cmap_entity_tracking.ipynb). Each group keeps <= 4 heads.
-SPEC = (("A", "logits", "last"), ("B", "q", "last", "A"), ("C", "k", "object", "A"), ("D", "v", "object", "A"))
+# the answer object's position, E feeds C's values at the label's earlier mention (see
+# notebooks/cmap_entity_tracking.ipynb). Each group keeps <= 4 heads.
+SPEC = ADJACENT_GROUPS
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +53,11 @@ def test_base_circuit_beats_random_circuits_in_both_models(study):
         assert f.circuit_accuracy > 1.5 * mean_random, f
 
 
-@pytest.mark.xfail(strict=True, reason="issue target not reached: with <= 4 heads per group the searched circuit keeps "
-                   "0.50 of base's accuracy under per-position mean ablation (0.61 / 0.76 / 0.63 / 0.63 with 5-8 "
-                   "heads per group; random circuits 0.15-0.19 of chance 0.25); flips to a failure when it passes")
 def test_base_circuit_faithfulness_reaches_the_issue_target(study):
-    base, _ = _faith(study)
+    base, tuned = _faith(study)
     assert base.faithfulness >= 0.8, base
+    assert max(base.random_accuracy) < base.circuit_accuracy - 0.2, base  # random same-size circuits: far below
+    assert tuned.faithfulness >= 0.8, tuned  # the same circuit carries the task in entity-tuned too
 
 
 def test_cmap_value_fetchers_recover_the_gap(study):
