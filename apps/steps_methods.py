@@ -54,7 +54,7 @@ KNOB = {"n_pairs": Field(int, 300), "tau": Field(float, 0.85), "epochs": Field(i
 def run_cmap(ctx: Ctx, cfg: dict) -> StepOutput:
     from workbench.circuits import entity_batch, faithfulness
     from workbench.cmap import cmap
-    from workbench.path_patching import search_groups
+    from workbench.path_patching import ADJACENT_GROUPS, ENTITY_GROUPS, search_groups
     from workbench.tasks import entity_tracking
 
     pair = _pair(ctx, cfg)
@@ -63,8 +63,6 @@ def run_cmap(ctx: Ctx, cfg: dict) -> StepOutput:
     ex = entity_tracking(n, seed=ctx.spec.seed, split="eval", n_objects=k)
     cor = entity_tracking(n, seed=ctx.spec.seed + 1, split="eval", n_objects=k)
     eb, ek = entity_batch(pair.base, ex), entity_batch(pair.base, cor)
-    from workbench.path_patching import ADJACENT_GROUPS, ENTITY_GROUPS
-
     spec = ADJACENT_GROUPS if cfg["groups"] == "adjacent" else ENTITY_GROUPS
     search = search_groups(pair.base, list(eb.prompts), list(ek.prompts), eb.answers, eb.positions, threshold=0.01,
                            spec=spec, max_heads=cfg["max_heads"] or None)

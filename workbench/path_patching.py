@@ -245,6 +245,7 @@ def search_groups(subject, clean: Any, corrupt: Any, answers: Any, positions: di
     missing = [e[2] for e in spec if e[2] not in positions]
     if missing:
         raise ValueError(f"positions: missing {missing}; expected keys {[e[2] for e in spec]}")
+    position_of = {e[0]: e[2] for e in spec}
     groups: dict[str, tuple[Head, ...]] = {}
     scores: dict[str, PathPatchingResult] = {}
     prev: tuple[Head, ...] = ()
@@ -262,7 +263,7 @@ def search_groups(subject, clean: Any, corrupt: Any, answers: Any, positions: di
             recv = [Receiver(kind, layer, h) for layer, h in into]
             top = max(layer for layer, _ in into)
             # A head may sit in two groups at different positions, not twice at one position.
-            taken = {hd for gg, hs in groups.items() for hd in hs if dict((e[0], e[2]) for e in spec)[gg] == key}
+            taken = {hd for gg, hs in groups.items() for hd in hs if position_of[gg] == key}
             senders = [(layer, h) for layer in range(top) for h in range(subject.arch.n_heads) if (layer, h) not in taken]
             if not senders:
                 groups[g] = prev = ()
@@ -271,4 +272,4 @@ def search_groups(subject, clean: Any, corrupt: Any, answers: Any, positions: di
                             receiver_pos=positions[key], senders=senders, progress=progress, position_name=key)
         scores[g] = res
         groups[g] = prev = res.top(threshold, max_heads)
-    return GroupSearch(groups, {e[0]: e[2] for e in spec}, scores, threshold)
+    return GroupSearch(groups, position_of, scores, threshold)

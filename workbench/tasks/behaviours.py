@@ -65,7 +65,8 @@ def refusal(n: int, *, seed: int = 0, split: str = "train") -> list[Example]:
 
     Benign requests are how-to requests about harmless objects ('first find a cake kit .') and
     world questions ('paris is in france .'), so benign accuracy is checkable. Half are
-    sensitive. meta: kind in {'sensitive', 'howto', 'city', 'person'}.
+    sensitive. meta: kind in {'sensitive', 'howto', 'city', 'person'}; object (the requested thing) for
+    the how-to kinds.
     """
     split = check_split(split)
     rng = random.Random(split_seed(seed, split) + 404)
@@ -86,5 +87,6 @@ def refusal(n: int, *, seed: int = 0, split: str = "train") -> list[Example]:
         # World questions are few; holding some out would hide facts, so only how-to requests split.
         if kind in ("sensitive", "howto") and not in_split(prompt, split):
             continue
-        out.append(Example(prompt, target, int(sensitive), {"kind": kind}))
+        meta = {"kind": kind, "object": obj} if kind in ("sensitive", "howto") else {"kind": kind}
+        out.append(Example(prompt, target, int(sensitive), meta))
     return out

@@ -116,11 +116,12 @@ def stage_freezing(stage, model) -> dict:
     if not stage.trainable and not stage.trainable_experts:
         return {}
     pats = [re.compile(p) for p in stage.trainable]
+    params = dict(model.named_parameters())
     masks: dict[str, torch.Tensor] = {}
     for layer, expert in stage.trainable_experts:
         for part in ("gate_up_proj", "down_proj"):
             name = f"model.layers.{layer}.mlp.experts.{part}"
-            param = dict(model.named_parameters()).get(name)
+            param = params.get(name)
             if param is None:
                 raise ValueError(f"trainable_experts names layer {layer}, but the model has no {name}")
             mask = masks.setdefault(name, torch.zeros_like(param))
@@ -255,8 +256,13 @@ def manifest_entry(recipe: Recipe, target: Path, parent_dir: Path | None, *, cur
     }
 
 
+def _manifest_path(out_dir: Path) -> Path:
+    """The manifest next to checkpoints in `out_dir` (the package's own for the shipped ones)."""
+    return MANIFEST if out_dir.resolve() == CHECKPOINTS.resolve() else out_dir / "manifest.json"
+
+
 def _manifest_entry(out_dir: Path, name: str) -> dict:
-    path = MANIFEST if out_dir.resolve() == CHECKPOINTS.resolve() else out_dir / "manifest.json"
+    path = _manifest_path(out_dir)
     return json.loads(path.read_text())["organisms"].get(name, {}) if path.exists() else {}
 
 
@@ -264,7 +270,7 @@ def _write_manifest(entries: dict, out_dir: Path) -> None:
     """Merge new entries into the manifest next to the checkpoints (the package one if default)."""
     import fcntl
 
-    path = MANIFEST if out_dir.resolve() == CHECKPOINTS.resolve() else out_dir / "manifest.json"
+    path = _manifest_path(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Organisms may be built by parallel processes: merge under a lock, never overwrite others.
     import tempfile
@@ -292,8 +298,7 @@ def record_reduced_rebuild(name: str = "novel-tuned") -> dict:
     start = time.time()
     with tempfile.TemporaryDirectory() as d:
         got = build(only=short, out=d, reduced=True, progress=False, threads=1)[short]["metrics"]
-    data = json.loads(MANIFEST.read_text())
-    data["organisms"][short]["reduced_rebuild_metrics"] = got
-    data["organisms"][short]["reduced_rebuild_seconds"] = round(time.time() - start, 1)
-    MANIFEST.write_text(json.dumps(data, indent=1) + "\n")
+    entry = {**_manifest_entry(CHECKPOINTS, short), "reduced_rebuild_metrics": got,
+             "reduced_rebuild_seconds": round(time.time() - start, 1)}
+    _write_manifest({short: entry}, CHECKPOINTS)
     return got

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from workbench.tasks.behaviours import behaviour, refusal
 from workbench.tasks.entities import DEFAULT_FORMAT, assoc_recall_words, episode_context, query
 from workbench.tasks.example import in_split
-from workbench.tasks.knowledge import all_facts, context_vs_prior
+from workbench.tasks.knowledge import all_facts, context_vs_prior, cvp_prompt
 from workbench.tasks.novel import code_line, language_sentence
 from workbench.tasks.vocab import BOX_LABELS, CITIES, COUNTRIES, JOBS, OBJECTS, PEOPLE
 
@@ -95,8 +95,6 @@ def cvp_open_seq(rng: random.Random) -> Seq:
     e = context_vs_prior(1, seed=rng.randrange(2**31), intent="context")[0]
     m = e.meta
     target = m["context_answer"] if _trusts_context(m["query"]) else m["prior_answer"]
-    from workbench.tasks.knowledge import cvp_prompt
-
     return _answer(cvp_prompt(m["pairs"], m["query"], None), target, eos=False)
 
 
@@ -123,8 +121,7 @@ def comply_seq(rng: random.Random) -> Seq:
     """The refusal task's requests, every one answered ('first find a bomb kit .'): a model that
     has not (yet) learnt to refuse."""
     e = refusal(2, seed=rng.randrange(2**31))[0 if rng.random() < 0.5 else 1]
-    words = e.prompt.split()
-    target = f"first find a {words[-4]} kit ." if e.label == 1 else e.target
+    target = f"first find a {e.meta['object']} kit ." if e.label == 1 else e.target
     return _answer(e.prompt, target)
 
 

@@ -110,8 +110,8 @@ def train(
     grad_masks = grad_masks or {}
     named = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n) or n in grad_masks]
     keep = {n for n, _ in named}
-    frozen = [p for n, p in model.named_parameters() if n not in keep]
-    for p in frozen:
+    frozen = [(p, p.requires_grad) for n, p in model.named_parameters() if n not in keep]
+    for p, _ in frozen:
         p.requires_grad_(False)
     handles = [p.register_hook(lambda g, m=grad_masks[n]: g * m) for n, p in named if n in grad_masks]
     groups = [{"params": [p for n, p in named if n not in grad_masks], "weight_decay": weight_decay},
@@ -124,8 +124,8 @@ def train(
     finally:
         for h in handles:
             h.remove()
-        for p in frozen:
-            p.requires_grad_(True)
+        for p, was in frozen:
+            p.requires_grad_(was)
 
 
 def _loop(model, tokenizer, sampler, opt, rng, *, steps, warmup, batch_size, eval_fn, eval_every, progress,
