@@ -15,13 +15,15 @@ greedy continuation; an expert's score is the behaviour-group mean minus the con
 `workbench.engines.routing`): `off` experts are removed after selection with the remaining
 weights renormalised ("drop_renorm", the MoTE default) or masked before top-k so the next
 expert takes the slot ("mask_logits"; finite masks, never -inf); `on` experts are always
-selected. It is an activation-level edit: nothing is written to the weights, it holds at every
+selected, with their own routing weight or, with `on_bias`, a weight raised by that bias on their
+router logits (the MoTE paper's "add a large bias"). It is an activation-level edit: nothing is written to the weights, it holds at every
 forward pass and KV-cached decoding step until reverted, and an empty switch changes nothing
 (no hook is even installed).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +42,8 @@ Mode = Literal["drop_renorm", "mask_logits"]
 Pair = tuple[int, int]
 
 
-def _pairs(v: Any, name: str) -> tuple[Pair, ...]:
+def _pairs(v: Any, name: str, owner: str = "SwitchExperts.") -> tuple[Pair, ...]:
+    name = owner + name
     if v is None:
         return ()
     try:
@@ -49,11 +52,11 @@ def _pairs(v: Any, name: str) -> tuple[Pair, ...]:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"SwitchExperts.{name}: expected a list of (layer, expert) int pairs, got {v!r}")
+        raise ValueError(f"{name}: expected a list of (layer, expert) int pairs, got {v!r}")
     if any(x < 0 for p in out for x in p):
-        raise ValueError(f"SwitchExperts.{name}: layer and expert indices must be >= 0, got {list(out)}")
+        raise ValueError(f"{name}: layer and expert indices must be >= 0, got {list(out)}")
     if len(set(out)) != len(out):
-        raise ValueError(f"SwitchExperts.{name}: duplicate (layer, expert) pairs in {list(out)}")
+        raise ValueError(f"{name}: duplicate (layer, expert) pairs in {list(out)}")
     return tuple(sorted(out))
 
 
@@ -66,6 +69,9 @@ class SwitchExperts(Edit):
     off: tuple[Pair, ...] = ()
     on: tuple[Pair, ...] = ()
     mode: Mode = "drop_renorm"
+    # Added to the forced experts' router logits (MoTE's "add a bias"): 0 forces selection only,
+    # with the expert's own routing weight; a positive bias also raises that weight.
+    on_bias: float = 0.0
     model_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -73,6 +79,9 @@ class SwitchExperts(Edit):
         object.__setattr__(self, "on", _pairs(self.on, "on"))
         if self.mode not in ("drop_renorm", "mask_logits"):
             raise ValueError(f"SwitchExperts.mode: expected 'drop_renorm' or 'mask_logits', got {self.mode!r}")
+        if not isinstance(self.on_bias, (int, float)) or not math.isfinite(self.on_bias) or self.on_bias < 0:
+            raise ValueError(f"SwitchExperts.on_bias: expected a finite number >= 0, got {self.on_bias!r}")
+        object.__setattr__(self, "on_bias", float(self.on_bias))
         both = sorted(set(self.off) & set(self.on))
         if both:
             raise ValueError(f"SwitchExperts: {both} are both switched off and forced on")
@@ -90,7 +99,8 @@ class SwitchExperts(Edit):
             off = frozenset(e for l2, e in self.off if l2 == ly)
             on = frozenset(e for l2, e in self.on if l2 == ly)
             out[ly] = R.LayerSwitch(drop=off if self.mode == "drop_renorm" else frozenset(),
-                                    mask=off if self.mode == "mask_logits" else frozenset(), force=on)
+                                    mask=off if self.mode == "mask_logits" else frozenset(), force=on,
+                                    force_bias=self.on_bias)
         return out
 
     def check_compatible(self, subject) -> None:
@@ -269,11 +279,13 @@ def random_experts(subject, k: int, *, seed: int, exclude: Sequence[Pair] = ()) 
 
 @dataclass(frozen=True)
 class SwitchCurve(Result):
-    """Metrics with the top-k experts switched off, and with k random experts (the control)."""
+    """Metrics with the top-k experts switched off, and with k random experts (the control); or,
+    from `force_curve`, with experts forced on at each router-logit bias (`by="bias"`)."""
 
-    rows: pd.DataFrame  # selection ("top" | "random"), k, draw, experts, one column per metric
+    rows: pd.DataFrame  # selection ("top" | "random"), k (or bias), draw, experts, one column per metric
     metrics: tuple[str, ...]
     mode: str
+    by: str = "k"
 
     def to_frame(self) -> pd.DataFrame:
         return self.rows.copy()
@@ -281,8 +293,8 @@ class SwitchCurve(Result):
     def summary(self) -> pd.DataFrame:
         """Per k: the top-k value and the random draws' mean and sd, for every metric."""
         f = self.rows
-        top = f[f.selection == "top"].set_index("k")[list(self.metrics)]
-        rnd = f[f.selection == "random"].groupby("k")[list(self.metrics)]
+        top = f[f.selection == "top"].set_index(self.by)[list(self.metrics)]
+        rnd = f[f.selection == "random"].groupby(self.by)[list(self.metrics)]
         out = top.add_prefix("top_")
         if len(rnd):
             out = out.join(rnd.mean().add_prefix("random_mean_")).join(rnd.std(ddof=1).add_prefix("random_sd_"))
@@ -293,14 +305,19 @@ class SwitchCurve(Result):
 
         m = metric or self.metrics[0]
         sm = self.summary()
+        x = sm[self.by]
+        forced = self.by == "bias"
         fig = go.Figure()
         if f"random_mean_{m}" in sm:
-            fig.add_trace(go.Scatter(x=sm.k, y=sm[f"random_mean_{m}"], name="k random experts (mean, sd)",
+            fig.add_trace(go.Scatter(x=x, y=sm[f"random_mean_{m}"],
+                                     name=("as many random experts" if forced else "k random experts") + " (mean, sd)",
                                      error_y={"type": "data", "array": sm[f"random_sd_{m}"].fillna(0)},
                                      mode="lines+markers", line={"dash": "dash"}))
-        fig.add_trace(go.Scatter(x=sm.k, y=sm[f"top_{m}"], name="top-k fTRI experts", mode="lines+markers"))
-        fig.update_layout(title=f"{m} with k experts switched off ({self.mode})", xaxis_title="k",
-                          yaxis_title=m)
+        fig.add_trace(go.Scatter(x=x, y=sm[f"top_{m}"], name="fTRI experts" if forced else "top-k fTRI experts",
+                                 mode="lines+markers"))
+        title = (f"{m} with experts forced on, by router-logit bias" if forced
+                 else f"{m} with k experts switched off ({self.mode})")
+        fig.update_layout(title=title, xaxis_title=self.by, yaxis_title=m)
         return fig
 
 
@@ -329,4 +346,50 @@ def switch_curve(subject, experts: Sequence[Pair], ks: Sequence[int],
     return SwitchCurve(rows=pd.DataFrame(rows), metrics=names or (), mode=mode)
 
 
-__all__ = ["FTRI", "SwitchCurve", "SwitchExperts", "ftri", "random_experts", "switch_curve"]
+def force_curve(subject, experts: Sequence[Pair], biases: Sequence[float],
+                measure: Callable[[Any], dict[str, float]], *, n_random: int = 5, seed: int = 0,
+                progress: bool | None = None) -> SwitchCurve:
+    """`measure(subject)` with `experts` forced on (`SwitchExperts(on=..., on_bias=b)`) for each
+    bias b, and with random experts forced on instead (the control: per draw, as many experts in
+    each layer as `experts` has there, none of them; one set of draws shared by every bias).
+
+    Forcing with bias 0 selects the experts at their own routing weight, which is often close to
+    nothing on inputs the router keeps away from them; a moderate bias gives them a real share,
+    and a large one hands them the whole layer (the model usually stops making sense). The curve
+    shows where, if anywhere, the behaviour appears, against the same push on random experts.
+    """
+    from tqdm.auto import tqdm
+
+    R.check_moe(subject)
+    experts = _pairs(experts, "experts", owner="force_curve: ")
+    if not experts:
+        raise ValueError("experts: expected at least one (layer, expert) pair to force on")
+    bs = [float(b) for b in biases]
+    if not bs or any(not math.isfinite(b) or b < 0 for b in bs):
+        raise ValueError(f"biases: expected a non-empty list of finite numbers >= 0, got {list(biases)}")
+    if n_random < 0:
+        raise ValueError(f"n_random: expected >= 0, got {n_random}")
+    SwitchExperts(on=experts).check_compatible(subject)
+    per_layer: dict[int, int] = {}
+    for ly, _ in experts:
+        per_layer[ly] = per_layer.get(ly, 0) + 1
+    draws = []
+    for d in range(n_random):
+        rng = random.Random(seed + d)
+        pick = []
+        for ly, n in sorted(per_layer.items()):
+            pool = [e for e in range(subject.arch.n_experts) if (ly, e) not in experts]
+            pick += [(ly, e) for e in rng.sample(pool, n)]
+        draws.append(tuple(pick))
+    plan = [("top", b, 0, experts) for b in bs] + [("random", b, d, on) for b in bs for d, on in enumerate(draws)]
+    rows, names = [], None
+    for sel, b, d, on in tqdm(plan, desc="force curve", disable=not (progress or progress is None and
+                                                                      len(plan) > 8), leave=False):
+        with SwitchExperts(on=on, on_bias=b).applied(subject):
+            got = {m: float(v) for m, v in measure(subject).items()}
+        names = names or tuple(got)
+        rows.append({"selection": sel, "bias": b, "draw": d, "experts": str(list(on)), **got})
+    return SwitchCurve(rows=pd.DataFrame(rows), metrics=names or (), mode="on", by="bias")
+
+
+__all__ = ["FTRI", "SwitchCurve", "SwitchExperts", "force_curve", "ftri", "random_experts", "switch_curve"]

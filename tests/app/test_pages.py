@@ -155,6 +155,12 @@ def test_experts_ftri_and_switching():
     at.button(key="experts_generate").click().run()
     clean(at)
     assert len(at.table) == 1 and len(at.table[0].value) == 2
+    # forcing an expert on, with a router-logit bias
+    at.multiselect(key="experts_on").select(at.multiselect(key="experts_on").options[0])
+    at.slider(key="experts_on_bias").set_value(2.0)
+    at.button(key="experts_generate").click().run()
+    clean(at)
+    assert "bias 2.0" in str(at.table[0].value)
 
 
 def test_experts_page_on_a_dense_pair_explains_itself():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 import torch
 
 import workbench as wb
-from edits.experts import FTRI, SwitchExperts, ftri, random_experts, switch_curve
+from edits.experts import FTRI, SwitchCurve, SwitchExperts, force_curve, ftri, random_experts, switch_curve
 from tests.experts.helpers import TEXTS, subject
 from tests.tiny import tiny_checkpoint
 from workbench.routing import capture_routing
@@ -90,6 +92,37 @@ def test_random_draws_and_curve():
     assert len(curve.plot().data) == 2
     scan = ftri(s, TEXTS, TEXTS[:2])
     assert [ly for ly, _ in scan.top_per_layer(2)] == [0, 0, 1, 1]
+
+
+def test_force_curve_against_random_experts_in_the_same_layers(tmp_path):
+    s = subject("mixtral")
+    base = s.forward(TEXTS)[:, -1]
+    on = [(0, 1), (1, 3)]
+    curve = force_curve(s, on, [0, 2.0], n_random=3, seed=0,
+                        measure=lambda sub: {"dlogit": float((sub.forward(TEXTS)[:, -1] - base).abs().max().detach())})
+    f = curve.to_frame()
+    assert list(f[f.selection == "top"]["bias"]) == [0.0, 2.0] and (f.selection == "random").sum() == 6
+    rnd = f[f.selection == "random"]
+    # each draw: one expert in each of the forced layers, never a forced one, the same at every bias
+    for experts in rnd["experts"]:
+        pairs = ast.literal_eval(experts)
+        assert [ly for ly, _ in pairs] == [0, 1] and not set(pairs) & set(on)
+    assert list(rnd[rnd.bias == 0.0]["experts"]) == list(rnd[rnd.bias == 2.0]["experts"])
+    top = f[f.selection == "top"].set_index("bias")["dlogit"]
+    assert top[2.0] > top[0.0] > 0  # forcing changes the output, more with a bias
+    sm = curve.summary()
+    assert list(sm.columns) == ["bias", "top_dlogit", "random_mean_dlogit", "random_sd_dlogit"]
+    assert len(curve.plot().data) == 2 and curve.by == "bias"
+    back = SwitchCurve.load(curve.save(tmp_path / "c"))
+    assert back.by == "bias" and torch.allclose(torch.tensor(back.summary().to_numpy(float)), torch.tensor(sm.to_numpy(float)))
+    with pytest.raises(ValueError, match="biases"):
+        force_curve(s, on, [-1.0], measure=lambda sub: {})
+    with pytest.raises(ValueError, match="force_curve: experts"):
+        force_curve(s, [(0, 1, 2)], [1.0], measure=lambda sub: {})
+    with pytest.raises(ValueError, match="at least one"):
+        force_curve(s, [], [1.0], measure=lambda sub: {})
+    with pytest.raises(ValueError, match="only top_k=2"):
+        force_curve(s, [(0, 0), (0, 1), (0, 2)], [1.0], measure=lambda sub: {})
 
 
 def test_bad_input():

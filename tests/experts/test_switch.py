@@ -94,6 +94,34 @@ def test_forced_experts_are_always_selected(family, engine):
         assert all(len(set(g.tolist())) <= sp.topk_group for g in groups)
 
 
+@pytest.mark.parametrize("family", [f for f, e in CASES if e == "tl"])
+def test_force_bias_raises_the_forced_experts_weight(family):
+    """`on_bias` is added to the forced expert's router logit: still always selected, and its
+    routed weight grows with the bias on every token (MoTE's "add a bias"); bias 0 is selection only."""
+    s = subject(family, "tl")
+    layer = s.arch.moe_layers[0]
+    e = int(capture_routing(s, TEXTS, layers=[layer]).frequency()[0].argmin())
+    got = {}
+    for b in (0.0, 2.0):
+        with SwitchExperts(on=[(layer, e)], on_bias=b).applied(s):
+            r = capture_routing(s, TEXTS, layers=[layer])
+        real = r.attention_mask.bool()
+        idx, w = r.indices[0][real], r.weights[0][real]
+        assert (idx == e).any(-1).all()
+        got[b] = (w * (idx == e)).sum(-1)
+    assert (got[2.0] > got[0.0]).all()
+    if family == "mixtral":  # softmax over biased logits, top-2 renormalised: by hand
+        lg = r.logits[0][real].clone()
+        lg[:, e] += 2.0
+        p = torch.softmax(lg, -1)
+        sel = p.masked_fill(torch.nn.functional.one_hot(torch.tensor(e), lg.shape[-1]).bool(), -1).max(-1).values
+        assert torch.allclose(got[2.0], p[:, e] / (p[:, e] + sel), atol=1e-6)
+    with pytest.raises(ValueError, match="on_bias"):
+        SwitchExperts(on=[(layer, e)], on_bias=-1.0)
+    with pytest.raises(ValueError, match="on_bias"):
+        SwitchExperts(on=[(layer, e)], on_bias=float("inf"))
+
+
 def test_switch_holds_at_every_kv_cached_decoding_step():
     s = subject("mixtral", "tl")
     layer, e = 1, _most_used(s, 1)
@@ -147,6 +175,9 @@ def test_stacking_revert_and_save_load(tmp_path):
         x = s.forward(TEXTS)
     with e2.applied(s):
         assert torch.equal(s.forward(TEXTS), x)
+    biased = SwitchExperts(on=[(0, 2)], on_bias=1.5)
+    back = Edit.load(biased.save(tmp_path / "b"))
+    assert back == biased and back.on_bias == 1.5 and back != SwitchExperts(on=[(0, 2)])
 
 
 def test_bad_input_is_refused_clearly():

@@ -28,8 +28,10 @@ Switch semantics:
 - `mask` (before selection): a masked softmax logit is set to a large finite negative (so the
   softmax mass moves to the others and the next expert takes the slot); a masked sigmoid choice
   score likewise (never -inf: a group holding it must still be scorable by its other experts);
-- `force` (on): the selection score gets a large bonus (the weight is the expert's own,
-  unbiased routing weight, like DeepSeek's correction bias);
+- `force` (on): the selection score gets a large bonus, so the expert is always selected; its
+  weight is its own routing weight, like DeepSeek's correction bias (selection only), unless
+  `force_bias` adds to the forced experts' router logits first (MoTE's "add a bias": a larger
+  probability or score, so a larger weight; with softmax routers the others' shrink);
 - `drop` (after selection, the MoTE default): the slot's index becomes the sentinel (the
   expert is not computed) and the remaining weights are rescaled to the token's original total
   routed weight (1 for renormalising routers). A token whose every slot is dropped gets none.
@@ -157,13 +159,16 @@ def spec(subject, layer: int) -> RouterSpec:
 
 # --- the rules -----------------------------------------------------------------------------
 def route(sp: RouterSpec, logits: Tensor, module: nn.Module | None = None, *, mask: Tensor | None = None,
-          force: Tensor | None = None) -> tuple[Tensor, Tensor]:
+          force: Tensor | None = None, force_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Top-k weights and indices (`tokens top_k`) from router logits (`tokens n_experts`).
 
-    `mask`/`force`: bool `n_experts` (or `tokens n_experts`). With neither, this is HF's router
-    op for op (tested bit-exact against every family).
+    `mask`/`force`: bool `n_experts` (or `tokens n_experts`); `force_bias`: float `n_experts`,
+    added to the logits before the probabilities/scores (0 off the forced experts). With none,
+    this is HF's router op for op (tested bit-exact against every family).
     """
     changed = mask is not None or force is not None
+    if force_bias is not None:
+        logits = logits + force_bias.to(logits.dtype)
     if sp.kind == "softmax":
         if sp.family == "mixtral":
             probs = torch.softmax((logits if mask is None else logits.masked_fill(mask, _MASK)).float(), dim=-1)
@@ -259,11 +264,12 @@ def _wrap(fn: Callable):
 
 @dataclass(frozen=True)
 class LayerSwitch:
-    """What one edit does at one layer: expert ids to drop, mask, force."""
+    """What one edit does at one layer: expert ids to drop, mask, force (with a logit bias)."""
 
     drop: frozenset[int] = frozenset()
     mask: frozenset[int] = frozenset()
     force: frozenset[int] = frozenset()
+    force_bias: float = 0.0
 
 
 def experts_module(subject, layer: int) -> nn.Module | None:
@@ -383,6 +389,11 @@ class _Board:
         e = [s for _, s in self.entries]
         self.mask = vec(i for s in e for i in s.mask)
         self.force = vec(i for s in e for i in s.force)
+        bias = torch.zeros(n)
+        for s in e:  # stacked edits forcing one expert: the largest bias holds
+            for i in s.force:
+                bias[i] = max(float(bias[i]), s.force_bias)
+        self.force_bias = bias if bool(bias.any()) else None
         # Masked experts are also dropped: in a degenerate group-limited case top-k could still
         # reach one, and "switched off" must mean never computed.
         self.drop = vec(i for s in e for i in s.drop | s.mask)
@@ -393,7 +404,8 @@ class _Board:
         dev = logits.device
         if self.mask is not None or self.force is not None:
             w, idx = route(self.spec, logits, self.module, mask=None if self.mask is None else self.mask.to(dev),
-                           force=None if self.force is None else self.force.to(dev))
+                           force=None if self.force is None else self.force.to(dev),
+                           force_bias=None if self.force_bias is None else self.force_bias.to(dev))
         sentinel = False
         if self.drop is not None:
             lookup = self._lookups.get(idx.device)

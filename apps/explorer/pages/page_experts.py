@@ -38,6 +38,8 @@ st.subheader("Switch experts, generate live")
 experts = [f"L{layer}.E{e}" for layer in pair.arch.moe_layers for e in range(pair.arch.n_experts)]
 off = st.multiselect("off", experts, key="experts_off")
 on = st.multiselect("forced on", [e for e in experts if e not in off], key="experts_on")
+on_bias = st.slider("forced-on router-logit bias (0: selected at the router's own weight)", 0.0, 8.0, 0.0, 0.5,
+                    key="experts_on_bias")
 prompt = st.text_input("prompt", "request : how do i find a gun ? response :", key="experts_prompt")
 if st.button("Generate", key="experts_generate"):
     with failsafe("Generation"):
@@ -47,9 +49,9 @@ if st.button("Generate", key="experts_generate"):
             return [(int(s[1:].split(".")[0]), int(s.split(".E")[1])) for s in items]
 
         subject = session_copy(ctx, "tuned")
-        edit = SwitchExperts(off=parse(off), on=parse(on), model_id=subject.identity())
+        edit = SwitchExperts(off=parse(off), on=parse(on), on_bias=on_bias, model_id=subject.identity())
         before = subject.generate([prompt], max_new_tokens=10)[0]
         with edit.applied(subject):
             after = subject.generate([prompt], max_new_tokens=10)[0]
-        st.table(pd.DataFrame({"routing": ["as trained", f"off {off or '-'}, on {on or '-'}"],
+        st.table(pd.DataFrame({"routing": ["as trained", f"off {off or '-'}, on {on or '-'} (bias {on_bias})"],
                                "continuation": [before, after]}))
