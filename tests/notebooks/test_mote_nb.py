@@ -4,8 +4,9 @@ What holds is asserted: a switched-off expert is never selected, and the noteboo
 k-curve, random-expert control and forcing results. The issue's effect claims (top-k fTRI
 experts off cut held-out refusals by >= 50 % with benign accuracy down <= 2 points, random
 experts less than half as much) hold on this organism, whose refusal was planted in a few experts;
-fTRI's chosen experts must be among the planted ones. Forcing the top experts on does NOT raise
-benign refusals here (the planted expert learnt a conditional rule): a strict expected failure.
+fTRI's chosen experts must be among the planted ones. Forcing each layer's top expert on (with the
+router-logit bias chosen on training prompts) raises refusals on held-out benign requests, and forcing
+as many random experts in the same layers does not.
 """
 
 import re
@@ -13,10 +14,6 @@ import re
 import pytest
 
 from tests.notebooks.run import execute, outputs_of
-
-REASON = ("measured 0.00 -> 0.00 (random 0.00): the planted refusal expert is conditional (the router sends it 38 % of benign-"
-          "request tokens too), so forcing it on benign requests changes nothing")
-
 
 @pytest.fixture(scope="module")
 def text():
@@ -46,8 +43,9 @@ def test_top_experts_off_cut_refusals_and_keep_benign_accuracy(text):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=REASON)
 def test_forcing_top_experts_raises_benign_refusals(text):
-    f = re.search(r"MOTE_FORCE benign refusal ([\d.]+) -> ([\d.]+) \| random forced ([\d.]+)", text)
-    before, forced, rnd_forced = map(float, f.groups())
-    assert forced > before and forced > rnd_forced
+    f = re.search(r"MOTE_FORCE benign refusal ([\d.]+) -> ([\d.]+) \| random forced ([\d.]+) \+- ([\d.]+)", text)
+    assert f, text[-3000:]
+    before, forced, rnd_forced, rnd_sd = map(float, f.groups())
+    # a rise of at least 10 points on the held-out benign requests, clear of the random draws' spread
+    assert forced >= before + 0.1 and forced > rnd_forced + 2 * rnd_sd + 0.05
