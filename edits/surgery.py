@@ -35,7 +35,8 @@ from workbench.results import Result
 MATRICES = ("gate",)
 
 
-def _direction(probe_or_direction: Any, undesired: Any) -> Tensor:
+def direction_of(probe_or_direction: Any, undesired: Any) -> Tensor:
+    """The raw direction of a fitted probe's `undesired` class, or a given 1-D direction as float32."""
     if hasattr(probe_or_direction, "direction"):
         return probe_or_direction.direction(undesired)
     d = torch.as_tensor(np.asarray(probe_or_direction), dtype=torch.float32)
@@ -117,7 +118,7 @@ class ModelSurgery(WeightEdit):
     def fit(cls, subject, probe: Any, *, n_rows: int | None = None, fraction: float | None = None,
             alpha: float = 1.0, undesired: Any = 1) -> ModelSurgery:
         """Select the rows on `subject` for `probe`'s undesired class; the result is pinned to it."""
-        spec = cls(direction=_direction(probe, undesired), alpha=alpha, n_rows=n_rows, fraction=fraction)
+        spec = cls(direction=direction_of(probe, undesired), alpha=alpha, n_rows=n_rows, fraction=fraction)
         return dataclasses.replace(spec, rows=spec.select(subject), n_rows=None, fraction=None,
                                    model_id=subject.identity())
 
@@ -133,7 +134,7 @@ class ModelSurgery(WeightEdit):
         g = torch.Generator().manual_seed(seed)
         flat = torch.randperm(total, generator=g)[:n_rows]
         rows = torch.stack([torch.tensor(layers)[flat // d_mlp], flat % d_mlp], 1)
-        return cls(direction=_direction(probe, undesired), alpha=alpha, rows=rows, model_id=subject.identity())
+        return cls(direction=direction_of(probe, undesired), alpha=alpha, rows=rows, model_id=subject.identity())
 
     @classmethod
     def example(cls, subject) -> ModelSurgery:
@@ -394,14 +395,27 @@ class SurgeryGrid(Result):
 
         f = self.to_frame()
         return px.line(f, x="scale", y="behaviour_rate", color="n_rows", markers=True, log_x=True,
+                       facet_col="direction" if "direction" in f else None,
                        title="Validation behaviour rate by rows edited (K) and relative alpha")
 
 
-def surgery_grid(subject, direction: Tensor, prompts: Sequence[str], judge: Callable[[str], Any], *,
-                 tasks: Mapping[str, Callable], n_rows: Sequence[int] = (16, 64, 256),
+def surgery_grid(subject, direction: Tensor | Mapping[str, Tensor], prompts: Sequence[str],
+                 judge: Callable[[str], Any], *, tasks: Mapping[str, Callable], n_rows: Sequence[int] = (16, 64, 256),
                  scales: Sequence[float] = (1, 2, 4, 8), max_new_tokens: int = 20) -> SurgeryGrid:
-    """Evaluate Model Surgery for every (K, relative alpha) on *validation* prompts and tasks."""
+    """Evaluate Model Surgery for every (K, relative alpha) on *validation* prompts and tasks.
+
+    `direction` may be a mapping `label -> direction` (e.g. the probe of each layer): the probe
+    layer is then one more hyperparameter, chosen on validation like K and alpha, and each row
+    carries its label in a `direction` column.
+    """
     from workbench.behaviour import evaluate_behaviour, evaluate_capability
+
+    if isinstance(direction, Mapping):
+        if not direction:
+            raise ValueError("direction: expected a tensor or a non-empty mapping label -> direction")
+        named = dict(direction)
+    else:
+        named = {None: direction}
 
     def measure() -> dict:
         r = {"behaviour_rate": evaluate_behaviour(subject, prompts, judge, max_new_tokens=max_new_tokens).rate}
@@ -409,9 +423,11 @@ def surgery_grid(subject, direction: Tensor, prompts: Sequence[str], judge: Call
 
     baseline = measure()
     out = []
-    for k in n_rows:
-        for sc in scales:
-            alpha = alpha_for(subject, direction, sc)
-            with ModelSurgery.fit(subject, direction, n_rows=int(k), alpha=alpha).applied(subject):
-                out.append({"n_rows": int(k), "scale": float(sc), "alpha": alpha} | measure())
+    for label, d in named.items():
+        for k in n_rows:
+            for sc in scales:
+                alpha = alpha_for(subject, d, sc)
+                with ModelSurgery.fit(subject, d, n_rows=int(k), alpha=alpha).applied(subject):
+                    key = {} if label is None else {"direction": label}
+                    out.append(key | {"n_rows": int(k), "scale": float(sc), "alpha": alpha} | measure())
     return SurgeryGrid(tuple(out), baseline)

@@ -224,6 +224,15 @@ def test_surgery_grid_and_the_validation_rule(subject):
     g = surgery_grid(subject, w, TEXTS, lambda t: "apple" in t.split(), tasks={"one": lambda s: 1.0},
                      n_rows=(2, 4), scales=(1.0, 2.0), max_new_tokens=3)
     assert len(g.to_frame()) == 4 and set(g.baseline) == {"behaviour_rate", "one"}
+    # several candidate directions (e.g. one probe per layer): the direction is one more grid axis
+    g2 = surgery_grid(subject, {"w": w, "-w": -w}, TEXTS, lambda t: "apple" in t.split(),
+                      tasks={"one": lambda s: 1.0}, n_rows=(2,), scales=(1.0,), max_new_tokens=3)
+    f2 = g2.to_frame()
+    assert list(f2["direction"]) == ["w", "-w"] and g2.best()["direction"] in ("w", "-w")
+    assert f2["behaviour_rate"].iloc[0] == g.to_frame()["behaviour_rate"].iloc[0]  # same edit, same number
+    assert len(g2.plot().data) == 2
+    with pytest.raises(ValueError, match="direction"):
+        surgery_grid(subject, {}, TEXTS, lambda t: True, tasks={})
     # The rule, on a hand-made grid: lowest rate among settings within max_drop on every task.
     hand = SurgeryGrid(({"n_rows": 8, "scale": 1.0, "alpha": 1.0, "behaviour_rate": 0.1, "cap": 0.5},
                         {"n_rows": 4, "scale": 1.0, "alpha": 1.0, "behaviour_rate": 0.3, "cap": 0.99},
