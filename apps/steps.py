@@ -50,23 +50,49 @@ def judge(name: str) -> Callable[[str], Any]:
 
 
 # --- probe --------------------------------------------------------------------------------
+def _probe_data(ctx: Ctx, cfg: dict) -> tuple[list[str], list[int]]:
+    """Texts and labels: the prompt and its label by default; for builder datasets also the full
+    text (prompt + continuation) and a label from the examples' meta, as Model Surgery's probe
+    reads it (label 1 = the continuation is toxic: `text = "text"`, `label = "toxic_target"`)."""
+    d = ctx.dataset(cfg["dataset"])
+    if cfg["text"] == "prompt" and cfg["label"] == "label":
+        return _texts_labels(ctx, cfg["dataset"])
+    if isinstance(d, (tuple, str)):
+        raise ValueError(f"text/label: other than 'prompt'/'label' need a builder dataset; {cfg['dataset']!r} is not one")
+    texts = [e.prompt if cfg["text"] == "prompt" else e.text for e in d]
+    if cfg["label"] == "label":
+        return texts, [int(e.label) for e in d]
+    missing = [e for e in d if cfg["label"] not in e.meta]
+    if missing:
+        raise ValueError(f"label: expected 'label' or a meta key of every example, e.g. {sorted(d[0].meta)}; "
+                         f"got {cfg['label']!r}")
+    return texts, [int(e.meta[cfg["label"]]) for e in d]
+
+
 def run_probe(ctx: Ctx, cfg: dict) -> StepOutput:
     from probes.linear import BehaviorProbe, collect_features, probe_sweep
 
     s = ctx.subject(cfg["subject"])
-    texts, labels = _texts_labels(ctx, cfg["dataset"])
+    texts, labels = _probe_data(ctx, cfg)
     sites = s.sites(cfg["component"])
     feats = collect_features(s, texts, sites, cfg["pooling"])
     sweep = probe_sweep(s, texts, labels, sites, cv=cfg["cv"], seed=ctx.spec.seed, pooling=cfg["pooling"],
                         features=feats)
     best = sweep.best_site
-    probe = BehaviorProbe(random_state=ctx.spec.seed).fit(feats[best], np.asarray(labels))
+    # The direction an edit uses may come from another layer than the best-reading one (Model
+    # Surgery edits best from a middle layer's probe on `base`: notebooks/model_surgery.ipynb).
+    by_name = {str(x): x for x in sites}
+    if cfg["direction_site"] and cfg["direction_site"] not in by_name:
+        raise ValueError(f"direction_site: expected one of {sorted(by_name)}, got {cfg['direction_site']!r}")
+    site = by_name[cfg["direction_site"]] if cfg["direction_site"] else best
+    probe = BehaviorProbe(random_state=ctx.spec.seed).fit(feats[site], np.asarray(labels))
     summ = sweep.summary()
     acc = float(summ["mean"].max())
     rows = [{"method": "behaviour probe", "metric": f"held-out accuracy ({cfg['cv']}-fold), best layer",
              "value": acc, "control": "chance (majority class)",
              "control_value": max(np.mean(labels), 1 - np.mean(labels))}]
-    data = {"best_site": str(best), "direction": probe.direction(1).tolist(), "sweep": summ.to_dict("list")}
+    data = {"best_site": str(best), "direction_site": str(site), "direction": probe.direction(1).tolist(),
+            "sweep": summ.to_dict("list")}
     return StepOutput(rows, {"probe accuracy per layer": sweep.plot()}, data, value=probe)
 
 
@@ -77,17 +103,26 @@ def restore_probe(o: StepOutput):
 
 
 PROBE = Kind({"dataset": Field(str), "component": Field(str, "resid_post"),
-              "pooling": Field(str, "mean", ("mean", "last")), "cv": Field(int, 5)}, run_probe,
+              "pooling": Field(str, "mean", ("mean", "last")), "cv": Field(int, 5),
+              "text": Field(str, "prompt", ("prompt", "text")),
+              "label": Field(str, "label", help="'label' or a key of the examples' meta (builder datasets)"),
+              "direction_site": Field(str, "", help="site whose probe gives the direction (default: best-reading)")},
+             run_probe,
              restore=restore_probe)
 
 
 # --- model surgery --------------------------------------------------------------------------
 def run_surgery(ctx: Ctx, cfg: dict) -> StepOutput:
-    from edits.surgery import ModelSurgery, evaluate_surgery
+    from edits.surgery import ModelSurgery, alpha_for, direction_of, evaluate_surgery
 
     s = ctx.subject(cfg["subject"])
     probe = ctx.outputs[cfg["probe"]].value
-    edit = ModelSurgery.fit(s, probe, n_rows=cfg["n_rows"], alpha=cfg["alpha"])
+    if cfg["scale"] < 0:
+        raise ValueError(f"scale: expected a number > 0 (or 0 to use alpha), got {cfg['scale']}")
+    # `scale` is alpha relative to the mean gate-row norm (as the notebook's grid chooses it): the
+    # raw probe row's norm depends on the data the probe was trained on, so raw alpha does not transfer.
+    alpha = alpha_for(s, direction_of(probe, 1), cfg["scale"]) if cfg["scale"] else cfg["alpha"]
+    edit = ModelSurgery.fit(s, probe, n_rows=cfg["n_rows"], alpha=alpha)
     prompts = _prompts(ctx, cfg["dataset"], label=1)
     seeds = (0,) if ctx.reduced else tuple(range(cfg["control_seeds"]))
     ev = evaluate_surgery(s, edit, prompts, judge(cfg["judge"]), seeds=seeds, max_new_tokens=cfg["max_new_tokens"])
@@ -102,6 +137,7 @@ def run_surgery(ctx: Ctx, cfg: dict) -> StepOutput:
 
 
 SURGERY = Kind({"probe": Field(str), "dataset": Field(str), "n_rows": Field(int, 64), "alpha": Field(float, 1.0),
+                "scale": Field(float, 0.0, help="alpha as a multiple of the mean gate-row norm; overrides alpha"),
                 "judge": Field(str, "toxic", ("toxic", "refusal")), "control_seeds": Field(int, 3),
                 "max_new_tokens": Field(int, 12)}, run_surgery, needs_steps=("probe",))
 

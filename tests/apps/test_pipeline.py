@@ -90,6 +90,47 @@ def test_runs_and_writes_outputs(tmp_path, model):
     assert again.rows == res.rows
 
 
+def test_probe_direction_site_and_relative_alpha(tmp_path, model):
+    """The probe step can export another layer's direction; surgery can take alpha relative to the
+    gate rows (`scale`), which is what the notebook's grid chooses."""
+    import workbench as wb
+    from edits.base import Edit
+    from edits.surgery import alpha_for
+
+    f = _write(tmp_path, model)
+    f.write_text(f.read_text().replace("cv = 2", 'cv = 2\n        direction_site = "L0.resid_post"', 1)
+                 .replace("n_rows = 4", "n_rows = 4\n        scale = 2.0", 1))
+    run_pipeline(f, out=tmp_path / "out")
+    probe = json.loads((tmp_path / "out/steps/first/output.json").read_text())["data"]
+    assert probe["direction_site"] == "L0.resid_post"
+    edit = Edit.load(tmp_path / "out/steps/second/edit")
+    assert edit.direction.tolist() == pytest.approx(probe["direction"])
+    s = wb.load(model)
+    assert edit.alpha == pytest.approx(alpha_for(s, edit.direction, 2.0), rel=1e-5)
+    f.write_text(f.read_text().replace('direction_site = "L0.resid_post"', 'direction_site = "L9.resid_post"'))
+    with pytest.raises(Exception, match="direction_site: expected one of"):
+        run_pipeline(f, out=tmp_path / "out2")
+
+
+def test_probe_data_reads_full_texts_and_meta_labels():
+    from apps.steps import _probe_data
+    from workbench import tasks
+
+    ex = tasks.behaviour(40, seed=0, split="train")
+
+    class Ctx:
+        def dataset(self, name):
+            return ex if name == "b" else (["a b"], [1])
+
+    texts, labels = _probe_data(Ctx(), {"dataset": "b", "text": "text", "label": "toxic_target"})
+    assert texts == [e.text for e in ex] and labels == [int(e.meta["toxic_target"]) for e in ex]
+    assert _probe_data(Ctx(), {"dataset": "b", "text": "prompt", "label": "label"})[1] == [e.label for e in ex]
+    with pytest.raises(ValueError, match="label: expected 'label' or a meta key"):
+        _probe_data(Ctx(), {"dataset": "b", "text": "text", "label": "colour"})
+    with pytest.raises(ValueError, match="need a builder dataset"):
+        _probe_data(Ctx(), {"dataset": "j", "text": "text", "label": "label"})
+
+
 KILLER = """
 import os, sys
 from apps import steps
