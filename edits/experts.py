@@ -16,9 +16,9 @@ greedy continuation; an expert's score is the behaviour-group mean minus the con
 weights renormalised ("drop_renorm", the MoTE default) or masked before top-k so the next
 expert takes the slot ("mask_logits"; finite masks, never -inf); `on` experts are always
 selected, with their own routing weight or, with `on_bias`, a weight raised by that bias on their
-router logits (the MoTE paper's "add a large bias"). It is an activation-level edit: nothing is written to the weights, it holds at every
-forward pass and KV-cached decoding step until reverted, and an empty switch changes nothing
-(no hook is even installed).
+router logits (the MoTE paper's "add a large bias"). It is an activation-level edit: nothing is
+written to the weights, it holds at every forward pass and KV-cached decoding step until
+reverted, and an empty switch changes nothing (no hook is even installed).
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ class SwitchCurve(Result):
         return self.rows.copy()
 
     def summary(self) -> pd.DataFrame:
-        """Per k: the top-k value and the random draws' mean and sd, for every metric."""
+        """Per k (or bias): the top value and the random draws' mean and sd, for every metric."""
         f = self.rows
         top = f[f.selection == "top"].set_index(self.by)[list(self.metrics)]
         rnd = f[f.selection == "random"].groupby(self.by)[list(self.metrics)]

@@ -94,11 +94,11 @@ def test_forced_experts_are_always_selected(family, engine):
         assert all(len(set(g.tolist())) <= sp.topk_group for g in groups)
 
 
-@pytest.mark.parametrize("family", [f for f, e in CASES if e == "tl"])
-def test_force_bias_raises_the_forced_experts_weight(family):
+@pytest.mark.parametrize("family,engine", CASES)
+def test_force_bias_raises_the_forced_experts_weight(family, engine):
     """`on_bias` is added to the forced expert's router logit: still always selected, and its
     routed weight grows with the bias on every token (MoTE's "add a bias"); bias 0 is selection only."""
-    s = subject(family, "tl")
+    s = subject(family, engine)
     layer = s.arch.moe_layers[0]
     e = int(capture_routing(s, TEXTS, layers=[layer]).frequency()[0].argmin())
     got = {}
