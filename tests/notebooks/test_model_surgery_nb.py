@@ -38,3 +38,10 @@ def test_model_surgery_notebook_shows_the_effect_against_controls(text):
 @pytest.mark.slow
 def test_model_surgery_keeps_entity_tracking_within_two_points(text):
     assert _drops(text)[1] <= 2
+
+
+@pytest.mark.slow
+def test_model_surgery_holds_across_probe_seeds(text):
+    m = re.search(r"probe seeds: reduction min ([\d.-]+), fact drop max ([\d.-]+), entity drop max ([\d.-]+)", text)
+    assert m, text[-2000:]
+    assert float(m[1]) >= 0.7 and float(m[2]) <= 2 and float(m[3]) <= 2
