@@ -2,8 +2,9 @@
 
 Both are `subject.forward` on the same batch through the same engine, interleaved and timed
 as medians in one run, so the ratio is the cost of re-routing in the router hooks. The switch
-names one expert off in every MoE layer and forces one on in the first: `mask_logits` keeps
-top_k experts per token (the same expert compute, re-routed); `drop_renorm` computes fewer.
+names one expert off in every MoE layer and forces one on in the first (also with a router-logit
+bias): `mask_logits` keeps top_k experts per token (the same expert compute, re-routed);
+`drop_renorm` computes fewer.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def _interleaved(fa, fb, repeats: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def _switch(s, mode: str) -> SwitchExperts:
+def _switch(s, mode: str, on_bias: float = 0.0) -> SwitchExperts:
     a = s.arch
-    return SwitchExperts(off=[(ly, a.n_experts - 1) for ly in a.moe_layers], on=[(a.moe_layers[0], 0)], mode=mode)
+    return SwitchExperts(off=[(ly, a.n_experts - 1) for ly in a.moe_layers], on=[(a.moe_layers[0], 0)], mode=mode,
+                         on_bias=on_bias)
 
 
 def main() -> list[dict]:
@@ -51,8 +53,8 @@ def main() -> list[dict]:
             with torch.no_grad():
                 s.forward(toks)
 
-        for mode in ("drop_renorm", "mask_logits"):
-            edit = _switch(s, mode)
+        for mode, bias in (("drop_renorm", 0.0), ("mask_logits", 0.0), ("mask_logits", 2.0)):
+            edit = _switch(s, mode, bias)
 
             def switched(s=s, toks=toks, edit=edit):
                 with torch.no_grad(), edit.applied(s):
@@ -60,7 +62,7 @@ def main() -> list[dict]:
 
             base_t, ours_t = _interleaved(plain, switched, repeats)
             rows.append(row("expert switch forward", label, "plain forward (tl)", base_t,
-                            f"SwitchExperts {mode} (tl)", ours_t, "<= 1.1x", ours_t / base_t <= 1.1,
+                            f"SwitchExperts {mode}{f', on_bias {bias:g}' if bias else ''} (tl)", ours_t, "<= 1.1x", ours_t / base_t <= 1.1,
                             prompts=len(texts), tokens=int(toks.attention_mask.sum()),
                             switched=f"{len(edit.off)} off, {len(edit.on)} on"))
     return rows
