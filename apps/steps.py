@@ -54,16 +54,15 @@ def _probe_data(ctx: Ctx, cfg: dict) -> tuple[list[str], list[int]]:
     """Texts and labels: the prompt and its label by default; for builder datasets also the full
     text (prompt + continuation) and a label from the examples' meta, as Model Surgery's probe
     reads it (label 1 = the continuation is toxic: `text = "text"`, `label = "toxic_target"`)."""
-    d = ctx.dataset(cfg["dataset"])
     if cfg["text"] == "prompt" and cfg["label"] == "label":
         return _texts_labels(ctx, cfg["dataset"])
+    d = ctx.dataset(cfg["dataset"])
     if isinstance(d, (tuple, str)):
         raise ValueError(f"text/label: other than 'prompt'/'label' need a builder dataset; {cfg['dataset']!r} is not one")
     texts = [e.prompt if cfg["text"] == "prompt" else e.text for e in d]
     if cfg["label"] == "label":
         return texts, [int(e.label) for e in d]
-    missing = [e for e in d if cfg["label"] not in e.meta]
-    if missing:
+    if any(cfg["label"] not in e.meta for e in d):
         raise ValueError(f"label: expected 'label' or a meta key of every example, e.g. {sorted(d[0].meta)}; "
                          f"got {cfg['label']!r}")
     return texts, [int(e.meta[cfg["label"]]) for e in d]

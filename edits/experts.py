@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -326,8 +327,6 @@ def switch_curve(subject, experts: Sequence[Pair], ks: Sequence[int],
                  mode: Mode = "drop_renorm", progress: bool | None = None) -> SwitchCurve:
     """`measure(subject)` with the first k of `experts` off, and with k random experts off
     (`n_random` draws per k, excluding none), for each k (k=0 is the baseline)."""
-    from tqdm.auto import tqdm
-
     ks = [int(k) for k in ks]
     if not ks or any(k < 0 or k > len(experts) for k in ks):
         raise ValueError(f"ks: expected values in 0..{len(experts)} (the experts given), got {ks}")
@@ -336,14 +335,24 @@ def switch_curve(subject, experts: Sequence[Pair], ks: Sequence[int],
     plan = [("top", k, 0, tuple(experts)[:k]) for k in ks]
     plan += [("random", k, d, random_experts(subject, k, seed=seed + 1000 * k + d))
              for k in ks if k for d in range(n_random)]
+    return _run_curve(subject, plan, measure, lambda k, off: SwitchExperts(off=off, mode=mode), by="k", mode=mode,
+                      desc="switch curve", progress=progress)
+
+
+def _run_curve(subject, plan: list[tuple[str, Any, int, tuple[Pair, ...]]], measure: Callable[[Any], dict[str, float]],
+               edit_for: Callable[[Any, tuple[Pair, ...]], SwitchExperts], *, by: str, mode: str, desc: str,
+               progress: bool | None) -> SwitchCurve:
+    """`measure(subject)` under `edit_for(x, experts)` for each plan row `(selection, x, draw, experts)`."""
+    from tqdm.auto import tqdm
+
     rows, names = [], None
-    for sel, k, d, off in tqdm(plan, desc="switch curve", disable=not (progress or progress is None and
-                                                                        len(plan) > 8), leave=False):
-        with SwitchExperts(off=off, mode=mode).applied(subject):
+    for sel, x, d, experts in tqdm(plan, desc=desc, disable=not (progress or progress is None and len(plan) > 8),
+                                   leave=False):
+        with edit_for(x, experts).applied(subject):
             got = {m: float(v) for m, v in measure(subject).items()}
         names = names or tuple(got)
-        rows.append({"selection": sel, "k": k, "draw": d, "experts": str(list(off)), **got})
-    return SwitchCurve(rows=pd.DataFrame(rows), metrics=names or (), mode=mode)
+        rows.append({"selection": sel, by: x, "draw": d, "experts": str(list(experts)), **got})
+    return SwitchCurve(rows=pd.DataFrame(rows), metrics=names or (), mode=mode, by=by)
 
 
 def force_curve(subject, experts: Sequence[Pair], biases: Sequence[float],
@@ -358,8 +367,6 @@ def force_curve(subject, experts: Sequence[Pair], biases: Sequence[float],
     and a large one hands them the whole layer (the model usually stops making sense). The curve
     shows where, if anywhere, the behaviour appears, against the same push on random experts.
     """
-    from tqdm.auto import tqdm
-
     R.check_moe(subject)
     experts = _pairs(experts, "experts", owner="force_curve: ")
     if not experts:
@@ -370,9 +377,7 @@ def force_curve(subject, experts: Sequence[Pair], biases: Sequence[float],
     if n_random < 0:
         raise ValueError(f"n_random: expected >= 0, got {n_random}")
     SwitchExperts(on=experts).check_compatible(subject)
-    per_layer: dict[int, int] = {}
-    for ly, _ in experts:
-        per_layer[ly] = per_layer.get(ly, 0) + 1
+    per_layer = Counter(ly for ly, _ in experts)
     draws = []
     for d in range(n_random):
         rng = random.Random(seed + d)
@@ -382,14 +387,8 @@ def force_curve(subject, experts: Sequence[Pair], biases: Sequence[float],
             pick += [(ly, e) for e in rng.sample(pool, n)]
         draws.append(tuple(pick))
     plan = [("top", b, 0, experts) for b in bs] + [("random", b, d, on) for b in bs for d, on in enumerate(draws)]
-    rows, names = [], None
-    for sel, b, d, on in tqdm(plan, desc="force curve", disable=not (progress or progress is None and
-                                                                      len(plan) > 8), leave=False):
-        with SwitchExperts(on=on, on_bias=b).applied(subject):
-            got = {m: float(v) for m, v in measure(subject).items()}
-        names = names or tuple(got)
-        rows.append({"selection": sel, "bias": b, "draw": d, "experts": str(list(on)), **got})
-    return SwitchCurve(rows=pd.DataFrame(rows), metrics=names or (), mode="on", by="bias")
+    return _run_curve(subject, plan, measure, lambda b, on: SwitchExperts(on=on, on_bias=b), by="bias", mode="on",
+                      desc="force curve", progress=progress)
 
 
 __all__ = ["FTRI", "SwitchCurve", "SwitchExperts", "force_curve", "ftri", "random_experts", "switch_curve"]

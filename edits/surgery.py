@@ -424,10 +424,10 @@ def surgery_grid(subject, direction: Tensor | Mapping[str, Tensor], prompts: Seq
     baseline = measure()
     out = []
     for label, d in named.items():
+        key = {} if label is None else {"direction": label}
         for k in n_rows:
             for sc in scales:
                 alpha = alpha_for(subject, d, sc)
                 with ModelSurgery.fit(subject, d, n_rows=int(k), alpha=alpha).applied(subject):
-                    key = {} if label is None else {"direction": label}
                     out.append(key | {"n_rows": int(k), "scale": float(sc), "alpha": alpha} | measure())
     return SurgeryGrid(tuple(out), baseline)
